@@ -1,0 +1,32 @@
+"""rxpool: the worker-pool pattern as reactive dataflow.
+
+Run a function over many inputs, N at a time, stream the results as an
+``Observable``, and stop cleanly by disposing or cancelling a token.
+
+This module only re-exports the public names; the implementations live in
+private modules (``rxpool._*``) so that helpers can be named freely.
+"""
+
+from __future__ import annotations
+
+from . import operators
+from ._exceptions import Cancelled, DeadlineExceeded, PoolClosed, RxPoolError
+from ._job import Job, JobDescriptor, Result
+from ._pool import WorkerPool
+from ._token import CancelToken
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CancelToken",
+    "Cancelled",
+    "DeadlineExceeded",
+    "Job",
+    "JobDescriptor",
+    "PoolClosed",
+    "Result",
+    "RxPoolError",
+    "WorkerPool",
+    "__version__",
+    "operators",
+]

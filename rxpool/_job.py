@@ -1,0 +1,159 @@
+"""Job, JobDescriptor and Result: the Go pool's ``Job`` and ``Result{Value, Err, Descriptor}``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, NamedTuple, TypeVar
+
+__all__ = ["Job", "JobDescriptor", "Result"]
+
+_R = TypeVar("_R")
+
+_ids = itertools.count(1)
+
+
+class JobDescriptor(NamedTuple):
+    """Who a job is: ``id``, ``kind`` and free-form ``metadata``; copied into its `Result`."""
+
+    id: Any
+    kind: str | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_wants_token(fn: Callable[..., object]) -> bool:
+    return _inspect_token(fn)
+
+
+def _inspect_token(fn: Callable[..., object]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    param = parameters.get("token")
+    return param is not None and param.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+def wants_token(fn: Callable[..., object]) -> bool:
+    """True if ``fn`` declares a parameter named ``token`` (it then gets the run's CancelToken)."""
+    try:
+        return _cached_wants_token(fn)
+    except TypeError:  # unhashable callable
+        return _inspect_token(fn)
+
+
+class Job(Generic[_R]):
+    """One unit of work: ``fn(*args, **kwargs)``, with a descriptor that names it.
+
+    If ``fn`` declares a parameter named ``token``, it is called with the run's
+    `CancelToken` as ``token=`` (Go's ``ExecFn(ctx, args)``), unless ``kwargs``
+    already has one.
+
+    Args:
+        fn: The function to call.
+        args: Positional arguments, a tuple (any other sequence is copied into one).
+        kwargs: Keyword arguments.
+        id: The job's identity, copied into its `Result`; defaults to a unique int.
+        kind: A free label (e.g. the job type), copied into the result.
+        metadata: Free-form data copied into the result.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or ``args``/``kwargs`` have the wrong type.
+    """
+
+    __slots__ = ("args", "descriptor", "fn", "kwargs", "wants_token")
+
+    def __init__(
+        self,
+        fn: Callable[..., _R],
+        *,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        id: Any = None,
+        kind: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if type(args) is not tuple:
+            if isinstance(args, str | bytes) or not isinstance(args, tuple | list):
+                raise TypeError(f"args must be a tuple, got {type(args).__name__}")
+            args = tuple(args)
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"kwargs must be a mapping or None, got {type(kwargs).__name__}")
+        if kind is not None and not isinstance(kind, str):
+            raise TypeError(f"kind must be a str or None, got {type(kind).__name__}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
+        self.fn: Callable[..., _R] = fn
+        self.args: tuple[Any, ...] = args
+        self.kwargs: Mapping[str, Any] = kwargs if kwargs is not None else {}
+        self.descriptor = JobDescriptor(next(_ids) if id is None else id, kind, metadata)
+        self.wants_token: bool = "token" not in self.kwargs and wants_token(fn)
+
+    @property
+    def id(self) -> Any:
+        """The job's id (also ``descriptor.id``)."""
+        return self.descriptor.id
+
+    @property
+    def kind(self) -> str | None:
+        """The job's kind (also ``descriptor.kind``)."""
+        return self.descriptor.kind
+
+    @property
+    def metadata(self) -> Mapping[str, Any] | None:
+        """The job's metadata (also ``descriptor.metadata``)."""
+        return self.descriptor.metadata
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return f"Job({name}, id={self.descriptor.id!r}, kind={self.descriptor.kind!r})"
+
+
+class Result(NamedTuple, Generic[_R]):
+    """The outcome of one job: a value or an error, and the job's descriptor.
+
+    Immutable. Exactly one `Result` is emitted for every job a run takes. ``error``
+    is the job's own exception, unchanged, with its traceback (``__traceback__``),
+    or a `Cancelled` / `DeadlineExceeded` when the run was stopped before the job
+    finished. ``started`` and ``finished`` are `time.monotonic` readings.
+    """
+
+    value: _R | None
+    error: BaseException | None
+    descriptor: JobDescriptor
+    attempt: int = 1
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True if the job returned a value (``error is None``)."""
+        return self.error is None
+
+    @property
+    def id(self) -> Any:
+        """The job's id (``descriptor.id``)."""
+        return self.descriptor.id
+
+    @property
+    def duration(self) -> float:
+        """Seconds between start and finish (0.0 for a job that never started)."""
+        return self.finished - self.started
+
+    def unwrap(self) -> _R:
+        """The value, or raise the error (as `concurrent.futures.Future.result` does)."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        outcome = f"value={self.value!r}" if self.error is None else f"error={self.error!r}"
+        return f"Result(id={self.descriptor.id!r}, {outcome}, attempt={self.attempt})"

@@ -1,0 +1,148 @@
+"""WorkerPool: the Go article's worker pool, with a lifecycle."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from reactivex import Observable, abc
+
+from . import _dispatch
+from ._exceptions import PoolClosed
+from ._job import Job, Result
+from ._threads import ThreadRunner
+from ._token import CancelToken
+
+__all__ = ["WorkerPool"]
+
+# Pool threads wait this long for the next run before they exit.
+POOL_LINGER = 0.5
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class WorkerPool:
+    """N workers that take jobs from one source and fan their results into one stream.
+
+    ``run(jobs)`` returns a cold ``Observable[Result]``: each subscription is an
+    independent run in which at most ``workers`` jobs run at once. Threads are
+    started on demand, reused between runs, and exit after half a second idle
+    or when the pool closes. Concurrent runs each get their own ``workers``
+    slots (so a run whose source is another run's output can never deadlock
+    waiting for threads that run holds).
+
+    Example:
+        >>> with WorkerPool(8) as pool:
+        ...     results = pool.run(Job(pow, args=(2, i), id=i) for i in range(100))
+        ...     total = results.pipe(ops.map(lambda r: r.value), ops.sum()).run()
+
+    Args:
+        workers: Jobs running at once in each run.
+        scheduler: A reactivex scheduler to run the worker loops on instead of
+            the pool's own threads (the caller keeps ownership of it).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``workers`` < 1.
+    """
+
+    def __init__(self, workers: int, *, scheduler: abc.SchedulerBase | None = None) -> None:
+        self._workers = _dispatch.check_count("workers", workers)
+        _dispatch.check_scheduler(scheduler)
+        self._scheduler = scheduler
+        self._runner = ThreadRunner(POOL_LINGER) if scheduler is None else None
+        self._state = _State.OPEN
+        self._lock = threading.Lock()
+
+    @property
+    def workers(self) -> int:
+        """How many jobs run at once in each run."""
+        return self._workers
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._state is _State.CLOSED
+
+    def run(
+        self,
+        jobs: Iterable[Job[Any]] | Observable[Job[Any]],
+        *,
+        token: CancelToken | None = None,
+        ordered: bool = False,
+    ) -> Observable[Result[Any]]:
+        """Run ``jobs``; a cold Observable with one `Result` per job taken.
+
+        An iterable is pulled lazily, one job each time a worker is free, so a
+        generator of millions of jobs is never materialised; a list or tuple is
+        checked for non-`Job` items here. An Observable of jobs is buffered
+        (its producer blocks when the buffer is full).
+
+        **Ordering**: as jobs finish; with ``ordered=True`` in input order.
+        **Threading**: ``on_next`` runs on a pool thread, one at a time.
+        **Cancellation**: dispose starts no job and emits nothing more; running
+        jobs' token is cancelled and their threads return to the pool when the
+        functions return. Cancelling ``token`` or its deadline passing gives each
+        job taken and unfinished a `Cancelled` / `DeadlineExceeded` result at
+        once, then completes.
+
+        Raises:
+            PoolClosed: the pool is closed (also sent to ``on_error`` when a run
+                is subscribed after `close`).
+            TypeError: ``jobs`` is not an iterable or Observable of `Job`, or
+                ``token`` is not a `CancelToken`.
+        """
+        self._check_open()
+        if not isinstance(jobs, Observable):
+            if isinstance(jobs, str | bytes) or not isinstance(jobs, Iterable):
+                raise TypeError(
+                    f"jobs must be an iterable or Observable of Job, got {type(jobs).__name__}"
+                )
+            if isinstance(jobs, list | tuple):
+                for index, job in enumerate(jobs):
+                    if not isinstance(job, Job):
+                        raise TypeError(
+                            f"jobs[{index}] must be an rxpool.Job, got {type(job).__name__}"
+                        )
+        _dispatch.check_token(token)
+        _dispatch.check_bool("ordered", ordered)
+        return _dispatch.job_observable(
+            jobs,
+            self._workers,
+            scheduler=self._scheduler,
+            token=token,
+            ordered=ordered,
+            shared=self._runner,
+            before_subscribe=self._check_open,
+        )
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise PoolClosed("the WorkerPool is closed")
+
+    def close(self, wait: bool = True) -> None:
+        """Refuse new runs and release the threads; safe to call twice, from any thread.
+
+        Runs already subscribed go on until they end. With ``wait=True``, block
+        until every pool thread has exited, i.e. until the running jobs return.
+        """
+        with self._lock:
+            self._state = _State.CLOSED
+        if self._runner is not None:
+            self._runner.close()
+            if wait:
+                self._runner.join()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<WorkerPool workers={self._workers} {self._state.value}>"

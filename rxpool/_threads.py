@@ -1,0 +1,114 @@
+"""Threads for worker slots: started on demand, reused while they linger, gone when idle."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from reactivex import abc
+from reactivex.scheduler import NewThreadScheduler
+
+_log: Final = logging.getLogger("rxpool")
+_names = itertools.count(1)
+
+
+class ThreadRunner:
+    """Runs slot loops on threads of its own.
+
+    A slot loop is a long-lived task (it drains jobs until there are none), so
+    there is no queue of jobs here, only of slot loops. A thread that finishes
+    a task waits ``linger`` seconds for another before it exits; after
+    `close` it exits at once when idle. ``spawn`` still works after `close`, so
+    runs in progress can finish; the owner refuses new runs.
+    """
+
+    __slots__ = ("_closed", "_cond", "_idle", "_linger", "_tasks", "_threads")
+
+    def __init__(self, linger: float) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._tasks: deque[Callable[[], None]] = deque()
+        self._idle = 0
+        self._threads: set[threading.Thread] = set()
+        self._linger = linger
+        self._closed = False
+
+    def spawn(self, task: Callable[[], None]) -> None:
+        with self._cond:
+            self._tasks.append(task)
+            if self._idle >= len(self._tasks):
+                self._cond.notify()
+                return
+            thread = threading.Thread(
+                target=self._work, name=f"rxpool-worker-{next(_names)}", daemon=True
+            )
+            self._threads.add(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._tasks:
+                    if self._closed:
+                        self._threads.discard(threading.current_thread())
+                        return
+                    self._idle += 1
+                    woken = cond.wait(self._linger)
+                    self._idle -= 1
+                    if not woken and not self._tasks:
+                        self._threads.discard(threading.current_thread())
+                        return
+                task = self._tasks.popleft()
+            try:
+                task()
+            except BaseException:  # a slot loop handles its own errors; this is a bug guard
+                _log.exception("rxpool: a worker slot raised")
+
+    def close(self) -> None:
+        """Let idle threads exit now and busy ones when their task returns."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every thread to exit; True if they all did within ``timeout``."""
+        with self._cond:
+            threads = list(self._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+        with self._cond:
+            return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def threads(self) -> int:
+        """How many threads are alive."""
+        with self._cond:
+            return len(self._threads)
+
+
+class SchedulerSlots:
+    """Runs slot loops as actions on a reactivex scheduler."""
+
+    __slots__ = ("_scheduler",)
+
+    def __init__(self, scheduler: abc.SchedulerBase) -> None:
+        self._scheduler = scheduler
+
+    def spawn(self, task: Callable[[], None]) -> None:
+        def action(_scheduler: abc.SchedulerBase, _state: object = None) -> None:
+            task()
+
+        self._scheduler.schedule(action)
+
+    def close(self) -> None:
+        """Nothing to release: the scheduler belongs to the caller."""
+
+
+def can_block(scheduler: abc.SchedulerBase | None) -> bool:
+    """True if slot loops on ``scheduler`` run on threads other than the producer's."""
+    return scheduler is None or isinstance(scheduler, NewThreadScheduler)

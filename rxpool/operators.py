@@ -1,0 +1,174 @@
+"""Pipeable operators in reactivex style: ``source.pipe(map_concurrent(fn, 8))``.
+
+Each operator returns a ``Callable[[Observable[T]], Observable[R]]`` and checks
+its arguments when it is built, not at the first item. The implementations
+live in private modules; this module only documents and delegates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from reactivex import Observable, abc
+
+from . import _dispatch
+from ._engine import MapRun
+from ._flat_map import flat_map as _flat_map
+from ._job import Job, Result, wants_token
+from ._token import CancelToken
+
+__all__ = ["flat_map", "map_concurrent", "run_jobs"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def flat_map(
+    mapper: Callable[[_T], Observable[_R] | Future[_R] | Iterable[_R]],
+    max_concurrent: int | None = None,
+    scheduler: abc.SchedulerBase | None = None,
+) -> Callable[[Observable[_T]], Observable[_R]]:
+    """Map each item to an inner sequence and merge them, at most ``max_concurrent`` at once.
+
+    reactivex's ``flat_map`` with the bound of ``merge(max_concurrent=k)``; on
+    the same input it produces exactly their messages, errors and subscription
+    times. The mapper may return an Observable, a Future or an iterable.
+
+    ::
+
+        source:  --a-----b--c---|
+        inner a:   1-1|
+        inner b:         2---2|
+        inner c:  (k=1, waits for b) 3|
+        result:  ---1-1---2---23|
+
+    **Ordering**: items of one inner sequence in order; inner sequences
+    interleave as they emit. **Threading**: no threads of its own; items
+    arrive on the inner sequences' threads, serialised by a lock.
+    **Cancellation**: dispose unsubscribes the source, the running inner
+    sequences and drops the waiting ones. **Cost**: O(1) per waiting inner
+    sequence (a deque, where reactivex pops the front of a list).
+
+    Args:
+        mapper: ``item -> Observable | Future | Iterable``.
+        max_concurrent: How many inner sequences are subscribed at once; None for no bound.
+        scheduler: Scheduler for the items of iterable results; defaults to the
+            subscribe-time scheduler, as in reactivex.
+
+    Raises:
+        TypeError: ``mapper`` is not callable or ``max_concurrent`` is not an int.
+        ValueError: ``max_concurrent`` < 1.
+    """
+    return _flat_map(mapper, max_concurrent, scheduler)
+
+
+def map_concurrent(
+    fn: Callable[..., _R],
+    max_concurrent: int,
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+    ordered: bool = False,
+) -> Callable[[Observable[_T]], Observable[_R]]:
+    """Call ``fn(item)`` on worker threads, at most ``max_concurrent`` at once.
+
+    The parallel ``ops.map``: an exception from ``fn`` ends the stream with that
+    exception, unchanged, and cancels the rest. If ``fn`` declares a ``token``
+    parameter it is called as ``fn(item, token=run_token)``.
+
+    ::
+
+        source:  -1-2-3-4-|
+        fn:      x * 10, max_concurrent=2
+        result:  ---10--30-20--40|     (ordered=True: 10 20 30 40)
+
+    **Ordering**: as results finish; with ``ordered=True`` in input order,
+    through a bounded reorder window (a full window pauses the intake).
+    **Threading**: ``fn`` and ``on_next`` run on worker threads, one
+    notification at a time. **Cancellation**: dispose stops the intake, emits
+    nothing more and cancels the run's token; running calls finish on their
+    threads, which then exit. **Backpressure**: when the source pushes faster
+    than the workers, its thread is blocked on a bounded buffer.
+    **Cost**: no per-item future, closure or scheduled action: each worker is
+    one loop that takes items in batches while they are fast.
+
+    Args:
+        fn: ``item -> result``.
+        max_concurrent: Maximum calls running at once.
+        scheduler: Where the worker loops run. Default: the subscribe-time
+            scheduler if any, else threads of the run's own, released when it
+            ends.
+        ordered: Emit results in input order.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or an argument has the wrong type.
+        ValueError: ``max_concurrent`` < 1.
+    """
+    _dispatch.check_callable("fn", fn)
+    n = _dispatch.check_count("max_concurrent", max_concurrent)
+    _dispatch.check_scheduler(scheduler)
+    _dispatch.check_bool("ordered", ordered)
+    pass_token = wants_token(fn)
+    window = _dispatch.default_window(n)
+
+    def operator(source: Observable[_T]) -> Observable[_R]:
+        def subscribe(
+            observer: abc.ObserverBase[_R], subscribe_scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            run: MapRun[_T, _R] = MapRun(
+                observer,
+                fn,
+                pass_token,
+                max_concurrent=n,
+                ordered=ordered,
+                window=window,
+                parent_token=None,
+                **_dispatch.choose_slots(scheduler, subscribe_scheduler, None),
+            )
+            return run.start_observable(source, subscribe_scheduler)
+
+        return Observable(subscribe)
+
+    return operator
+
+
+def run_jobs(
+    max_concurrent: int,
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+    token: CancelToken | None = None,
+    ordered: bool = False,
+) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
+    """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
+
+    Errors are values: a job's exception becomes its ``Result.error``, and the
+    stream goes on. Every job taken from the source yields exactly one result.
+
+    **Ordering**: as jobs finish; with ``ordered=True`` in input order.
+    **Threading**: jobs and ``on_next`` run on worker threads, one notification
+    at a time. **Cancellation**: dispose emits nothing more, starts no job and
+    cancels the run's token. Cancelling ``token`` (or its deadline passing)
+    gives every job taken and not finished a `Result` with `Cancelled` (or
+    `DeadlineExceeded`) at once, then completes; a running job's late return is
+    discarded and its worker stays busy until it returns. A source error ends
+    the stream after the jobs already taken have their results. A non-`Job`
+    item is a source error (`TypeError`).
+
+    Args:
+        max_concurrent: Maximum jobs running at once.
+        scheduler: Where the worker loops run (as in `map_concurrent`).
+        token: The caller's token; the run owns a child of it.
+        ordered: Emit results in input order.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``max_concurrent`` < 1.
+    """
+    n = _dispatch.check_count("max_concurrent", max_concurrent)
+    _dispatch.check_scheduler(scheduler)
+    _dispatch.check_token(token)
+    _dispatch.check_bool("ordered", ordered)
+    return lambda source: _dispatch.job_observable(
+        source, n, scheduler=scheduler, token=token, ordered=ordered, shared=None
+    )
