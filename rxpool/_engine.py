@@ -26,14 +26,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from threading import Condition, Lock, RLock
 from typing import Any, Final, Generic, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable, SingleAssignmentDisposable
 
-from ._exceptions import Cancelled
 from ._job import Job, Result
 from ._token import CancelToken
 
@@ -49,6 +48,15 @@ _perf_counter = time.perf_counter
 _FAST_JOB: Final = 50e-6
 _MAX_BATCH: Final = 64
 DEFAULT_BUFFER: Final = 1024
+
+
+class _Terminal:
+    """The terminal notification, queued behind the values before it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
 
 
 class Slots:
@@ -103,6 +111,8 @@ class _Run(Generic[_T, _R]):
         self._window_blocked = False
         self._stopped = False  # no more work is taken or delivered
         self._disposed = False  # the observer must not hear from us again
+        self._outbox: deque[Any] = deque()  # notifications waiting for the observer
+        self._draining = False
 
         self._token = CancelToken(parent=parent_token)
         self._token_link: abc.DisposableBase | None = None
@@ -331,23 +341,51 @@ class _Run(Generic[_T, _R]):
                 self._maybe_complete()
 
     def _emit_all(self, values: list[Any]) -> None:
-        on_next = self._observer.on_next
-        for value in values:
-            if self._disposed:
-                return
-            try:
-                on_next(value)
-            except Exception as error:
-                self._subscriber_failed(error, value)
-                return
+        """Queue values for the observer and drain the queue (under ``_lock``)."""
+        self._outbox.extend(values)
+        self._drain()
+
+    def _terminate(self, error: Exception | None) -> None:
+        """Queue the terminal notification after what is queued (under ``_lock``)."""
+        self._outbox.append(_Terminal(error))
+        self._drain()
+
+    def _drain(self) -> None:
+        # Queue-drain: a subscriber that cancels or fails the run from inside
+        # on_next re-enters here; its notifications are queued behind the ones
+        # being emitted, so a batch half emitted is never lost.
+        if self._draining:
+            return
+        self._draining = True
+        outbox = self._outbox
+        observer = self._observer
+        try:
+            while outbox and not self._disposed:
+                value = outbox.popleft()
+                if type(value) is _Terminal:
+                    self._disposed = True
+                    outbox.clear()
+                    try:
+                        if value.error is not None:
+                            observer.on_error(value.error)
+                        else:
+                            observer.on_completed()
+                    except Exception:
+                        _log.exception("rxpool: the subscriber's terminal handler raised")
+                    return
+                try:
+                    observer.on_next(value)
+                except Exception as error:
+                    self._subscriber_failed(error, value)
+                    return
+        finally:
+            self._draining = False
 
     def _subscriber_failed(self, error: Exception, value: Any) -> None:
-        """The subscriber's on_next raised: cancel the run, report the error once."""
-        if self._disposed:
-            _log.error("rxpool: on_next raised after the run ended (%r): %r", value, error)
-            return
+        """The subscriber's on_next raised: cancel the run and report the error once."""
         self._stopped = True
         self._disposed = True
+        self._outbox.clear()
         self._token.cancel("the subscriber's on_next raised")
         try:
             self._observer.on_error(error)
@@ -356,20 +394,11 @@ class _Run(Generic[_T, _R]):
         self._finish()
 
     def _maybe_complete(self) -> None:
-        """Emit the terminal notification once the source is done and nothing is pending."""
+        """End the run once the source is done and nothing is pending (under ``_lock``)."""
         if self._stopped or not self._source_done or self._pending or self._buffer:
             return
         self._stopped = True
-        error = self._source_error
-        if not self._disposed:
-            self._disposed = True
-            try:
-                if error is not None:
-                    self._observer.on_error(error)
-                else:
-                    self._observer.on_completed()
-            except Exception:
-                _log.exception("rxpool: the subscriber's terminal handler raised")
+        self._terminate(self._source_error)
         self._finish()
 
     def _fail(self, error: Exception) -> None:
@@ -378,12 +407,7 @@ class _Run(Generic[_T, _R]):
             if self._stopped:
                 return
             self._stopped = True
-            if not self._disposed:
-                self._disposed = True
-                try:
-                    self._observer.on_error(error)
-                except Exception:
-                    _log.exception("rxpool: the subscriber's on_error raised")
+            self._terminate(error)
         self._token.cancel(f"the run failed: {error!r}")
         self._finish()
 
@@ -391,6 +415,7 @@ class _Run(Generic[_T, _R]):
         """Stop the run: emit nothing more, start no job, cancel the running jobs' token."""
         with self._lock:
             self._disposed = True
+            self._outbox.clear()
             if self._stopped:
                 return
             self._stopped = True
@@ -505,29 +530,16 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             assert parent is not None
             new_error = parent.new_error
             now = _monotonic()
-            undelivered: dict[int, list[Any]] = {}
-            for first, jobs in self._taken.items():
-                undelivered[first] = [
-                    Result(None, new_error(), job.descriptor, 1, now, now) for job in jobs
-                ]
+
+            def cancelled(jobs: Iterable[Job[Any]]) -> list[Result[Any]]:
+                return [Result(None, new_error(), job.descriptor, 1, now, now) for job in jobs]
+
+            undelivered = {first: cancelled(jobs) for first, jobs in self._taken.items()}
             undelivered.update(self._reorder)
             for first in sorted(undelivered):
-                self._emit_all(undelivered[first])
-            self._emit_all(
-                [Result(None, new_error(), job.descriptor, 1, now, now) for job in self._buffer]
-            )
+                self._outbox.extend(undelivered[first])
+            self._outbox.extend(cancelled(self._buffer))
             self._taken.clear()
-            if not self._disposed:
-                self._disposed = True
-                try:
-                    self._observer.on_completed()
-                except Exception:
-                    _log.exception("rxpool: the subscriber's on_completed raised")
+            self._terminate(None)
         self._token.cancel(parent.new_error())
         self._finish()
-
-
-def cancelled_result(job: Job[Any], error: Cancelled) -> Result[Any]:
-    """A `Result` for a job that never ran."""
-    now = _monotonic()
-    return Result(None, error, job.descriptor, 1, now, now)

@@ -1,0 +1,30 @@
+"""Shared fixtures: every test must leave no rxpool thread behind."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from ._helpers import Gate, wait_until
+
+
+def _rxpool_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("rxpool-")}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leak() -> Iterator[None]:
+    """Fail a test whose worker threads outlive it (after a grace period for lingering)."""
+    before = _rxpool_threads()
+    yield
+    left = wait_until(lambda: not (_rxpool_threads() - before), timeout=5.0)
+    assert left, f"threads outlived the test: {sorted(t.name for t in _rxpool_threads() - before)}"
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    yield g
+    g.open()

@@ -1,0 +1,51 @@
+"""The public names are a contract: pin them."""
+
+from __future__ import annotations
+
+import rxpool
+import rxpool.operators
+
+
+def test_rxpool_all() -> None:
+    assert rxpool.__all__ == [
+        "CancelToken",
+        "Cancelled",
+        "DeadlineExceeded",
+        "Job",
+        "JobDescriptor",
+        "PoolClosed",
+        "Result",
+        "RxPoolError",
+        "WorkerPool",
+        "__version__",
+        "operators",
+    ]
+    for name in rxpool.__all__:
+        assert hasattr(rxpool, name), name
+
+
+def test_operators_all() -> None:
+    assert rxpool.operators.__all__ == ["flat_map", "map_concurrent", "run_jobs"]
+
+
+def test_exception_tree() -> None:
+    assert issubclass(rxpool.Cancelled, rxpool.RxPoolError)
+    assert issubclass(rxpool.DeadlineExceeded, rxpool.Cancelled)
+    assert issubclass(rxpool.PoolClosed, rxpool.RxPoolError)
+    assert issubclass(rxpool.RxPoolError, Exception)
+
+
+def test_public_objects_are_documented() -> None:
+    for name in rxpool.__all__:
+        obj = getattr(rxpool, name)
+        if callable(obj):
+            assert obj.__doc__, name
+    for name in rxpool.operators.__all__:
+        doc = getattr(rxpool.operators, name).__doc__
+        assert doc and "Cancellation" in doc, name
+
+
+def test_ships_py_typed() -> None:
+    from importlib.resources import files
+
+    assert files("rxpool").joinpath("py.typed").is_file()
