@@ -1,0 +1,61 @@
+"""The project's promises to a newcomer: the README's commands, the demo, the examples."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+def _readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1]
+    return re.findall(r"```sh\n(.+?)\n```", quick_start)
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    demo, tests = _readme_commands()
+    assert "rxpool demo" in demo
+    assert "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci
+
+
+def test_demo_runs_and_summarises() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "rxpool", "demo", "--jobs", "300", "--workers", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "full run" in out and "deadline" in out
+    assert re.search(r"done\s+\d+\s+failed\s+\d+\s+cancelled\s+\d+", out)
+    assert "jobs/s" in out
+
+
+def test_demo_rejects_bad_arguments() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rxpool", "demo", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "expected a positive integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs(example: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
