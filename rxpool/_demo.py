@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from ._exceptions import Cancelled, DeadlineExceeded
 from ._job import Job, Result
@@ -49,7 +49,7 @@ class Summary:
         rate = self.total / self.wall if self.wall else 0.0
         return (
             f"done {self.done:>5}  failed {self.failed:>3}  cancelled {self.cancelled:>5}  "
-            f"wall {self.wall:6.3f}s  {rate:9,.0f} jobs/s"
+            f"wall {self.wall:6.3f}s  {rate:9,.0f} jobs/s  sum of values {self.values:,}"
         )
 
 
@@ -60,11 +60,11 @@ def run_once(pool: WorkerPool, jobs: Iterator[Job[int]], token: CancelToken | No
     finished = threading.Event()
     failure: list[Exception] = []
 
-    def on_next(result: Result[Any]) -> None:
+    def on_next(result: Result[int]) -> None:
         nonlocal total
         if result.ok:
             counts["done"] += 1
-            total += result.value
+            total += result.unwrap()
         elif isinstance(result.error, Cancelled):
             counts["cancelled"] += 1
         else:
