@@ -10,7 +10,14 @@ private modules (``rxpool._*``) so that helpers can be named freely.
 from __future__ import annotations
 
 from . import operators
-from ._exceptions import Cancelled, DeadlineExceeded, PoolClosed, RxPoolError
+from ._exceptions import (
+    BufferOverflow,
+    Cancelled,
+    DeadlineExceeded,
+    Dropped,
+    PoolClosed,
+    RxPoolError,
+)
 from ._job import Job, JobDescriptor, Result
 from ._pool import WorkerPool
 from ._token import CancelToken
@@ -18,9 +25,11 @@ from ._token import CancelToken
 __version__ = "0.1.0"
 
 __all__ = [
+    "BufferOverflow",
     "CancelToken",
     "Cancelled",
     "DeadlineExceeded",
+    "Dropped",
     "Job",
     "JobDescriptor",
     "PoolClosed",

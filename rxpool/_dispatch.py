@@ -1,4 +1,4 @@
-"""Shared argument checks and the choice of where slot loops run."""
+"""Where a run's slot loops run, and the cold Observable of job runs."""
 
 from __future__ import annotations
 
@@ -9,47 +9,13 @@ from reactivex import Observable, abc
 from reactivex.scheduler import NewThreadScheduler
 
 from ._engine import JobRun
+from ._intake import Policy
 from ._job import Job, Result
 from ._threads import SchedulerSlots, ThreadRunner, can_block
 from ._token import CancelToken
 
 # A run's own threads linger this long between bursts of a slow hot source.
 RUN_LINGER = 0.05
-
-
-def check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def check_callable(name: str, value: object) -> None:
-    if not callable(value):
-        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-
-
-def check_scheduler(scheduler: object) -> None:
-    if scheduler is not None and not isinstance(scheduler, abc.SchedulerBase):
-        raise TypeError(
-            f"scheduler must be a reactivex scheduler or None, got {type(scheduler).__name__}"
-        )
-
-
-def check_token(token: object) -> None:
-    if token is not None and not isinstance(token, CancelToken):
-        raise TypeError(f"token must be a CancelToken or None, got {type(token).__name__}")
-
-
-def check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
-def default_window(max_concurrent: int) -> int:
-    """The ordered reorder window: room for every slot's largest batch, twice over."""
-    return max(1024, 4 * max_concurrent)
 
 
 def choose_slots(
@@ -75,6 +41,7 @@ def choose_slots(
             "slots": SchedulerSlots(scheduler),
             "release_slots": False,
             "blocking": can_block(scheduler),
+            "scheduler": scheduler,
         }
     if shared is not None:
         return {"slots": shared, "release_slots": False, "blocking": True}
@@ -83,15 +50,14 @@ def choose_slots(
 
 def job_observable(
     source: Observable[Job[Any]] | Iterable[Job[Any]],
-    n: int,
+    policy: Policy,
     *,
     scheduler: abc.SchedulerBase | None,
     token: CancelToken | None,
-    ordered: bool,
     shared: ThreadRunner | None,
     before_subscribe: Callable[[], None] | None = None,
 ) -> Observable[Result[Any]]:
-    window = default_window(n)
+    """The cold Observable of one `JobRun` per subscription."""
 
     def subscribe(
         observer: abc.ObserverBase[Result[Any]],
@@ -101,9 +67,7 @@ def job_observable(
             before_subscribe()
         run = JobRun(
             observer,
-            max_concurrent=n,
-            ordered=ordered,
-            window=window,
+            policy,
             parent_token=token,
             **choose_slots(scheduler, subscribe_scheduler, shared),
         )

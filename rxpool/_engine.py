@@ -33,6 +33,8 @@ from typing import Any, Final, Generic, TypeVar
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable, SingleAssignmentDisposable
 
+from ._exceptions import BufferOverflow, Dropped
+from ._intake import Policy, PriorityBuffer, RateLimiter, evict
 from ._job import Job, Result
 from ._token import CancelToken
 
@@ -47,7 +49,9 @@ _perf_counter = time.perf_counter
 # A batch whose jobs average below this many seconds doubles the next batch.
 _FAST_JOB: Final = 50e-6
 _MAX_BATCH: Final = 64
-DEFAULT_BUFFER: Final = 1024
+
+
+_NOTHING: Final = object()
 
 
 class _Terminal:
@@ -75,30 +79,34 @@ class _Run(Generic[_T, _R]):
     def __init__(
         self,
         observer: abc.ObserverBase[_R],
+        policy: Policy,
         *,
-        max_concurrent: int,
-        ordered: bool,
-        window: int,
         slots: Any,
         release_slots: bool,
         blocking: bool,
         parent_token: CancelToken | None,
-        buffer_size: int = DEFAULT_BUFFER,
+        scheduler: abc.SchedulerBase | None = None,
     ) -> None:
         self._observer = observer
-        self._n = max_concurrent
-        self._ordered = ordered
-        self._window = window
+        self._policy = policy
+        self._n = policy.max_concurrent
+        self._ordered = policy.ordered
+        self._window = policy.window
         self._slots = slots
         self._release_slots = release_slots
         self._blocking = blocking
-        self._buffer_size = buffer_size
+        self._scheduler = scheduler  # set when slots run on a reactivex scheduler
+        self._limiter: RateLimiter | None = None
+        self._rate_waiter = False  # one slot (or timer) waits for the next rate token
+        if policy.rate is not None:
+            self._limiter = RateLimiter(policy.rate, policy.burst, self._clock())
 
         self._lock = RLock()
         self._space = Condition(self._lock)
         self._pull_lock = Lock()
         self._iterator: Iterator[Any] | None = None
-        self._buffer: deque[Any] = deque()
+        self._buffer: deque[Any] | PriorityBuffer = deque()
+        self._producers_waiting = 0
         self._source_subscription = SingleAssignmentDisposable()
         self._source_done = False
         self._source_error: Exception | None = None
@@ -116,6 +124,13 @@ class _Run(Generic[_T, _R]):
 
         self._token = CancelToken(parent=parent_token)
         self._token_link: abc.DisposableBase | None = None
+
+    def _clock(self) -> Callable[[], float]:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return _monotonic
+        epoch = scheduler.now
+        return lambda: (scheduler.now - epoch).total_seconds()
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -154,21 +169,50 @@ class _Run(Generic[_T, _R]):
             self._on_source_error(error)
             return
         spawn = False
+        dropped: Any = _NOTHING
         with self._lock:
             if self._stopped or self._source_done:
                 return
-            buffer = self._buffer
-            if self._blocking and len(buffer) >= self._buffer_size:
-                while len(buffer) >= self._buffer_size and not self._stopped:
-                    self._space.wait()
-                if self._stopped:
+            if len(self._buffer) >= self._policy.buffer_size:
+                overflow = self._policy.overflow
+                if overflow == "block":
+                    if self._blocking:
+                        self._producers_waiting += 1
+                        while len(self._buffer) >= self._policy.buffer_size and not self._stopped:
+                            self._space.wait()
+                        self._producers_waiting -= 1
+                        if self._stopped:
+                            return
+                    # else: slots share the producer's thread; waiting would deadlock,
+                    # so the buffer grows (documented for virtual-time schedulers).
+                elif overflow == "drop_newest":
+                    dropped = item
+                elif overflow == "drop_oldest":
+                    dropped = evict(self._buffer)
+                else:
+                    size = self._policy.buffer_size
+                    self._fail(BufferOverflow(f"the buffer of {size} items is full"))
                     return
-            buffer.append(item)
-            if self._active < self._n and not self._window_blocked:
-                self._active += 1
-                spawn = True
+            if dropped is not item:
+                self._enqueue(item)
+                if self._active < self._n and not self._window_blocked and not self._rate_waiter:
+                    self._active += 1
+                    spawn = True
+            if dropped is not _NOTHING:
+                self._drop_locked(dropped)
+        if dropped is not _NOTHING:
+            self._dropped(dropped)
         if spawn:
             self._spawn()
+
+    def _enqueue(self, item: Any) -> None:
+        self._buffer.append(item)
+
+    def _drop_locked(self, item: Any) -> None:
+        """An item was dropped by the overflow policy (under ``_lock``)."""
+
+    def _dropped(self, item: Any) -> None:
+        """An item was dropped by the overflow policy (after ``_lock`` is released)."""
 
     def _on_source_error(self, error: Exception) -> None:
         with self._lock:
@@ -193,12 +237,14 @@ class _Run(Generic[_T, _R]):
 
     def _kick(self) -> None:
         with self._lock:
-            if self._stopped or self._window_blocked:
+            if self._stopped or self._window_blocked or self._rate_waiter:
                 return
             if self._iterator is not None:
                 want = 0 if self._source_done else self._n - self._active
             else:
                 want = min(self._n - self._active, len(self._buffer))
+            if self._limiter is not None:
+                want = min(want, max(1, self._limiter.available()))
             if want <= 0:
                 return
             self._active += want
@@ -220,7 +266,13 @@ class _Run(Generic[_T, _R]):
                 taken = self._take(batch)
                 if taken is None:
                     return
-                first, items = taken
+                if type(taken) is float:
+                    self._token.wait(taken)  # thread slots wait for the next rate token
+                    with self._lock:
+                        self._rate_waiter = False
+                    self._kick()
+                    continue
+                first, items = taken  # type: ignore[misc]
                 began = _perf_counter()
                 outcome = self._execute(items)
                 if (_perf_counter() - began) < _FAST_JOB * len(items):
@@ -234,13 +286,21 @@ class _Run(Generic[_T, _R]):
                 self._active -= 1
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
 
-    def _take(self, want: int) -> tuple[int, list[Any]] | None:
-        """Take up to ``want`` items with consecutive sequence numbers, or release the slot."""
+    def _take(self, want: int) -> tuple[int, list[Any]] | float | None:
+        """Take up to ``want`` items with consecutive sequence numbers.
+
+        Returns None when the slot should exit (``_active`` is decremented), or
+        the seconds a thread slot should wait for the next rate token.
+        """
         iterator = self._iterator
         if iterator is None:
             with self._lock:
                 room = self._room(want)
                 n = min(room, len(self._buffer))
+                if n > 0 and self._limiter is not None:
+                    n = self._limiter.take(n)
+                    if n <= 0:
+                        return self._wait_for_rate()
                 if n <= 0:
                     if room <= 0 and self._buffer:
                         self._window_blocked = True
@@ -248,7 +308,7 @@ class _Run(Generic[_T, _R]):
                     return None
                 pop = self._buffer.popleft
                 items = [pop() for _ in range(n)]
-                if self._blocking:
+                if self._producers_waiting:
                     self._space.notify()
                 return self._register(items)
 
@@ -260,6 +320,10 @@ class _Run(Generic[_T, _R]):
                         self._window_blocked = True
                     self._active -= 1
                     return None
+                if self._limiter is not None:
+                    room = self._limiter.take(room)
+                    if room <= 0:
+                        return self._wait_for_rate()
             items = []
             exhausted = False
             failure: Exception | None = None
@@ -271,6 +335,8 @@ class _Run(Generic[_T, _R]):
             except Exception as error:  # the source raised, or gave a non-Job
                 failure = error
             with self._lock:
+                if self._limiter is not None and len(items) < room:
+                    self._limiter.give_back(room - len(items))
                 if exhausted or failure is not None:
                     self._source_done = True
                     self._source_error = failure
@@ -285,6 +351,25 @@ class _Run(Generic[_T, _R]):
                 if failure is not None:
                     self._source_failed()
                 return taken
+
+    def _wait_for_rate(self) -> float | None:
+        """Out of rate tokens (under ``_lock``): one waiter waits, other slots exit."""
+        assert self._limiter is not None
+        if self._rate_waiter:
+            self._active -= 1
+            return None
+        self._rate_waiter = True
+        delay = self._limiter.delay()
+        if self._scheduler is None:
+            return delay
+        self._active -= 1
+        self._scheduler.schedule_relative(delay, self._rate_timer)
+        return None
+
+    def _rate_timer(self, _scheduler: abc.SchedulerBase, _state: object = None) -> None:
+        with self._lock:
+            self._rate_waiter = False
+        self._kick()
 
     def _room(self, want: int) -> int:
         """How many items a slot may take now (under ``_lock``); 0 when stopped."""
@@ -441,11 +526,24 @@ class MapRun(_Run[_T, _R]):
     """``map_concurrent``: values out; the first exception ends the stream with that error."""
 
     def __init__(
-        self, observer: abc.ObserverBase[_R], fn: Callable[..., _R], pass_token: bool, **kw: Any
+        self,
+        observer: abc.ObserverBase[_R],
+        policy: Policy,
+        fn: Callable[..., _R],
+        pass_token: bool,
+        **kw: Any,
     ) -> None:
-        super().__init__(observer, **kw)
+        super().__init__(observer, policy, **kw)
         self._fn = fn
         self._pass_token = pass_token
+
+    def _dropped(self, item: Any) -> None:
+        on_drop = self._policy.on_drop
+        if on_drop is not None:
+            try:
+                on_drop(item)
+            except Exception:
+                _log.exception("rxpool: the on_drop callback raised for %r", item)
 
     def _source_failed(self) -> None:
         # Like any Rx operator: an upstream error passes through at once.
@@ -477,9 +575,22 @@ class MapRun(_Run[_T, _R]):
 class JobRun(_Run[Job[Any], Result[Any]]):
     """``run_jobs`` / ``WorkerPool.run``: one `Result` per job taken, errors as values."""
 
-    def __init__(self, observer: abc.ObserverBase[Result[Any]], **kw: Any) -> None:
-        super().__init__(observer, **kw)
+    def __init__(self, observer: abc.ObserverBase[Result[Any]], policy: Policy, **kw: Any) -> None:
+        super().__init__(observer, policy, **kw)
         self._taken: dict[int, list[Job[Any]]] = {}
+
+    def _enqueue(self, item: Any) -> None:
+        buffer = self._buffer
+        if item.priority and type(buffer) is deque:
+            # The first job with a priority turns the FIFO into a priority buffer.
+            buffer = self._buffer = PriorityBuffer(buffer)
+        buffer.append(item)
+
+    def _drop_locked(self, item: Any) -> None:
+        size = self._policy.buffer_size
+        now = _monotonic()
+        error = Dropped(f"dropped: the buffer of {size} jobs was full")
+        self._emit_all([Result(None, error, item.descriptor, 1, now, now)])
 
     def _admit(self, item: Any) -> Any:
         if type(item) is not Job and not isinstance(item, Job):

@@ -5,6 +5,8 @@ Every rxpool exception derives from `RxPoolError`::
     RxPoolError
     ├── Cancelled               the run's token was cancelled
     │   └── DeadlineExceeded    ... because its deadline passed
+    ├── Dropped                 a job given up by the drop_newest / drop_oldest policy
+    ├── BufferOverflow          the buffer filled under the "error" overflow policy
     └── PoolClosed              work submitted to a closed WorkerPool
 
 A job's own exception is never wrapped: it becomes `Result.error` unchanged
@@ -14,7 +16,14 @@ A job's own exception is never wrapped: it becomes `Result.error` unchanged
 
 from __future__ import annotations
 
-__all__ = ["Cancelled", "DeadlineExceeded", "PoolClosed", "RxPoolError"]
+__all__ = [
+    "BufferOverflow",
+    "Cancelled",
+    "DeadlineExceeded",
+    "Dropped",
+    "PoolClosed",
+    "RxPoolError",
+]
 
 
 class RxPoolError(Exception):
@@ -31,3 +40,11 @@ class DeadlineExceeded(Cancelled):
 
 class PoolClosed(RxPoolError):
     """Work was submitted to a `WorkerPool` after `close()`."""
+
+
+class Dropped(RxPoolError):
+    """The job never ran: a full buffer's overflow policy gave it up (the job's `Result.error`)."""
+
+
+class BufferOverflow(RxPoolError):
+    """A hot source overflowed the buffer under ``overflow="error"``; ends the stream."""

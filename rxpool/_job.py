@@ -62,12 +62,14 @@ class Job(Generic[_R]):
         id: The job's identity, copied into its `Result`; defaults to a unique int.
         kind: A free label (e.g. the job type), copied into the result.
         metadata: Free-form data copied into the result.
+        priority: While jobs wait in a run's buffer (a hot Observable source),
+            higher priorities are dispatched first, FIFO among equals.
 
     Raises:
         TypeError: ``fn`` is not callable, or ``args``/``kwargs`` have the wrong type.
     """
 
-    __slots__ = ("args", "descriptor", "fn", "kwargs", "wants_token")
+    __slots__ = ("args", "descriptor", "fn", "kwargs", "priority", "wants_token")
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class Job(Generic[_R]):
         id: Any = None,
         kind: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        priority: float = 0,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -91,6 +94,11 @@ class Job(Generic[_R]):
             raise TypeError(f"kind must be a str or None, got {type(kind).__name__}")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
+        if isinstance(priority, bool) or not isinstance(priority, int | float):
+            raise TypeError(f"priority must be a number, got {type(priority).__name__}")
+        if priority != priority:
+            raise ValueError("priority must not be NaN")
+        self.priority: float = priority
         self.fn: Callable[..., _R] = fn
         self.args: tuple[Any, ...] = args
         self.kwargs: Mapping[str, Any] = kwargs if kwargs is not None else {}

@@ -9,8 +9,10 @@ from typing import Any
 
 from reactivex import Observable, abc
 
-from . import _dispatch
+from ._checks import check_count, check_scheduler, check_token
+from ._dispatch import job_observable
 from ._exceptions import PoolClosed
+from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result
 from ._threads import ThreadRunner
 from ._token import CancelToken
@@ -52,8 +54,8 @@ class WorkerPool:
     """
 
     def __init__(self, workers: int, *, scheduler: abc.SchedulerBase | None = None) -> None:
-        self._workers = _dispatch.check_count("workers", workers)
-        _dispatch.check_scheduler(scheduler)
+        self._workers = check_count("workers", workers)
+        check_scheduler(scheduler)
         self._scheduler = scheduler
         self._runner = ThreadRunner(POOL_LINGER) if scheduler is None else None
         self._state = _State.OPEN
@@ -75,13 +77,19 @@ class WorkerPool:
         *,
         token: CancelToken | None = None,
         ordered: bool = False,
+        buffer_size: int = DEFAULT_BUFFER,
+        overflow: Overflow = "block",
+        rate: float | None = None,
+        burst: int = 1,
     ) -> Observable[Result[Any]]:
         """Run ``jobs``; a cold Observable with one `Result` per job taken.
 
         An iterable is pulled lazily, one job each time a worker is free, so a
         generator of millions of jobs is never materialised; a list or tuple is
-        checked for non-`Job` items here. An Observable of jobs is buffered
-        (its producer blocks when the buffer is full).
+        checked for non-`Job` items here. An Observable of jobs is buffered:
+        ``buffer_size``, ``overflow`` and `Job.priority` work as in
+        `rxpool.operators.run_jobs`; ``rate`` / ``burst`` limit how many jobs
+        start per second, whatever the source.
 
         **Ordering**: as jobs finish; with ``ordered=True`` in input order.
         **Threading**: ``on_next`` runs on a pool thread, one at a time.
@@ -95,7 +103,8 @@ class WorkerPool:
             PoolClosed: the pool is closed (also sent to ``on_error`` when a run
                 is subscribed after `close`).
             TypeError: ``jobs`` is not an iterable or Observable of `Job`, or
-                ``token`` is not a `CancelToken`.
+                another argument has the wrong type.
+            ValueError: a count < 1, ``rate`` not > 0, or an unknown ``overflow``.
         """
         self._check_open()
         if not isinstance(jobs, Observable):
@@ -109,14 +118,20 @@ class WorkerPool:
                         raise TypeError(
                             f"jobs[{index}] must be an rxpool.Job, got {type(job).__name__}"
                         )
-        _dispatch.check_token(token)
-        _dispatch.check_bool("ordered", ordered)
-        return _dispatch.job_observable(
-            jobs,
+        check_token(token)
+        policy = make_policy(
             self._workers,
+            ordered=ordered,
+            buffer_size=buffer_size,
+            overflow=overflow,
+            rate=rate,
+            burst=burst,
+        )
+        return job_observable(
+            jobs,
+            policy,
             scheduler=self._scheduler,
             token=token,
-            ordered=ordered,
             shared=self._runner,
             before_subscribe=self._check_open,
         )

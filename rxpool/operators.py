@@ -13,9 +13,11 @@ from typing import Any, TypeVar
 
 from reactivex import Observable, abc
 
-from . import _dispatch
+from ._checks import check_callable, check_scheduler, check_token
+from ._dispatch import choose_slots, job_observable
 from ._engine import MapRun
 from ._flat_map import flat_map as _flat_map
+from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result, wants_token
 from ._token import CancelToken
 
@@ -70,6 +72,11 @@ def map_concurrent(
     *,
     scheduler: abc.SchedulerBase | None = None,
     ordered: bool = False,
+    buffer_size: int = DEFAULT_BUFFER,
+    overflow: Overflow = "block",
+    on_drop: Callable[[_T], object] | None = None,
+    rate: float | None = None,
+    burst: int = 1,
 ) -> Callable[[Observable[_T]], Observable[_R]]:
     """Call ``fn(item)`` on worker threads, at most ``max_concurrent`` at once.
 
@@ -88,8 +95,11 @@ def map_concurrent(
     **Threading**: ``fn`` and ``on_next`` run on worker threads, one
     notification at a time. **Cancellation**: dispose stops the intake, emits
     nothing more and cancels the run's token; running calls finish on their
-    threads, which then exit. **Backpressure**: when the source pushes faster
-    than the workers, its thread is blocked on a bounded buffer.
+    threads, which then exit. **Backpressure**: items wait in a buffer of
+    ``buffer_size``; when the source pushes faster than the workers, the
+    ``overflow`` policy decides: ``"block"`` the producer's thread (default),
+    ``"drop_newest"`` / ``"drop_oldest"`` (each dropped item is passed to
+    ``on_drop``), or ``"error"`` (the stream ends with `BufferOverflow`).
     **Cost**: no per-item future, closure or scheduled action: each worker is
     one loop that takes items in batches while they are fast.
 
@@ -98,19 +108,32 @@ def map_concurrent(
         max_concurrent: Maximum calls running at once.
         scheduler: Where the worker loops run. Default: the subscribe-time
             scheduler if any, else threads of the run's own, released when it
-            ends.
+            ends. On a scheduler that shares the producer's thread (e.g. a
+            ``TestScheduler``) ``"block"`` cannot wait, and the buffer grows.
         ordered: Emit results in input order.
+        buffer_size: Items waiting for a worker before ``overflow`` applies.
+        overflow: ``"block"``, ``"drop_newest"``, ``"drop_oldest"`` or ``"error"``.
+        on_drop: Called with each dropped item, on the producer's thread.
+        rate: At most this many calls start per second (a token bucket).
+        burst: Calls that may start at once after a quiet spell (the bucket's size).
 
     Raises:
         TypeError: ``fn`` is not callable, or an argument has the wrong type.
-        ValueError: ``max_concurrent`` < 1.
+        ValueError: ``max_concurrent``, ``buffer_size`` or ``burst`` < 1, ``rate``
+            not > 0, or an unknown ``overflow`` policy.
     """
-    _dispatch.check_callable("fn", fn)
-    n = _dispatch.check_count("max_concurrent", max_concurrent)
-    _dispatch.check_scheduler(scheduler)
-    _dispatch.check_bool("ordered", ordered)
+    check_callable("fn", fn)
+    check_scheduler(scheduler)
+    policy = make_policy(
+        max_concurrent,
+        ordered=ordered,
+        buffer_size=buffer_size,
+        overflow=overflow,
+        rate=rate,
+        burst=burst,
+        on_drop=on_drop,
+    )
     pass_token = wants_token(fn)
-    window = _dispatch.default_window(n)
 
     def operator(source: Observable[_T]) -> Observable[_R]:
         def subscribe(
@@ -118,13 +141,11 @@ def map_concurrent(
         ) -> abc.DisposableBase:
             run: MapRun[_T, _R] = MapRun(
                 observer,
+                policy,
                 fn,
                 pass_token,
-                max_concurrent=n,
-                ordered=ordered,
-                window=window,
                 parent_token=None,
-                **_dispatch.choose_slots(scheduler, subscribe_scheduler, None),
+                **choose_slots(scheduler, subscribe_scheduler, None),
             )
             return run.start_observable(source, subscribe_scheduler)
 
@@ -139,6 +160,10 @@ def run_jobs(
     scheduler: abc.SchedulerBase | None = None,
     token: CancelToken | None = None,
     ordered: bool = False,
+    buffer_size: int = DEFAULT_BUFFER,
+    overflow: Overflow = "block",
+    rate: float | None = None,
+    burst: int = 1,
 ) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
     """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
 
@@ -153,22 +178,37 @@ def run_jobs(
     `DeadlineExceeded`) at once, then completes; a running job's late return is
     discarded and its worker stays busy until it returns. A source error ends
     the stream after the jobs already taken have their results. A non-`Job`
-    item is a source error (`TypeError`).
+    item is a source error (`TypeError`). **Backpressure**: jobs wait in a
+    buffer of ``buffer_size``, highest `Job.priority` first; on overflow,
+    ``"block"`` blocks the producer's thread, ``"drop_newest"`` /
+    ``"drop_oldest"`` give the dropped job a `Result` whose error is `Dropped`
+    (emitted at once, also when ``ordered=True``), ``"error"`` ends the stream
+    with `BufferOverflow`.
 
     Args:
         max_concurrent: Maximum jobs running at once.
         scheduler: Where the worker loops run (as in `map_concurrent`).
         token: The caller's token; the run owns a child of it.
         ordered: Emit results in input order.
+        buffer_size: Jobs waiting for a worker before ``overflow`` applies.
+        overflow: ``"block"``, ``"drop_newest"``, ``"drop_oldest"`` or ``"error"``.
+        rate: At most this many jobs start per second (a token bucket).
+        burst: Jobs that may start at once after a quiet spell.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``max_concurrent`` < 1.
+        ValueError: a count < 1, ``rate`` not > 0, or an unknown ``overflow`` policy.
     """
-    n = _dispatch.check_count("max_concurrent", max_concurrent)
-    _dispatch.check_scheduler(scheduler)
-    _dispatch.check_token(token)
-    _dispatch.check_bool("ordered", ordered)
-    return lambda source: _dispatch.job_observable(
-        source, n, scheduler=scheduler, token=token, ordered=ordered, shared=None
+    check_scheduler(scheduler)
+    check_token(token)
+    policy = make_policy(
+        max_concurrent,
+        ordered=ordered,
+        buffer_size=buffer_size,
+        overflow=overflow,
+        rate=rate,
+        burst=burst,
+    )
+    return lambda source: job_observable(
+        source, policy, scheduler=scheduler, token=token, shared=None
     )

@@ -8,9 +8,11 @@ import rxpool.operators
 
 def test_rxpool_all() -> None:
     assert rxpool.__all__ == [
+        "BufferOverflow",
         "CancelToken",
         "Cancelled",
         "DeadlineExceeded",
+        "Dropped",
         "Job",
         "JobDescriptor",
         "PoolClosed",

@@ -1,0 +1,171 @@
+"""Intake helpers: the run policy, the priority buffer and the token-bucket rate limiter."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from ._checks import check_bool, check_count
+
+Overflow = Literal["block", "drop_newest", "drop_oldest", "error"]
+OVERFLOW_POLICIES: Final = ("block", "drop_newest", "drop_oldest", "error")
+
+DEFAULT_BUFFER: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How one run dispatches: checked once, when the operator or run is built."""
+
+    max_concurrent: int
+    ordered: bool = False
+    window: int = 1024
+    buffer_size: int = DEFAULT_BUFFER
+    overflow: Overflow = "block"
+    rate: float | None = None
+    burst: int = 1
+    on_drop: Callable[[Any], object] | None = None
+
+
+def make_policy(
+    max_concurrent: object,
+    *,
+    ordered: object = False,
+    buffer_size: object = DEFAULT_BUFFER,
+    overflow: object = "block",
+    rate: object = None,
+    burst: object = 1,
+    on_drop: object = None,
+) -> Policy:
+    """Check every option, naming the argument and what was expected."""
+    n = check_count("max_concurrent", max_concurrent)
+    check_bool("ordered", ordered)
+    assert isinstance(ordered, bool)
+    size = check_count("buffer_size", buffer_size)
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(
+            f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}"
+        )
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, int | float):
+            raise TypeError(f"rate must be a number of jobs per second, got {type(rate).__name__}")
+        if math.isnan(rate) or rate <= 0 or math.isinf(rate):
+            raise ValueError(f"rate must be a finite number > 0, got {rate}")
+    bucket = check_count("burst", burst)
+    if on_drop is not None and not callable(on_drop):
+        raise TypeError(f"on_drop must be callable or None, got {type(on_drop).__name__}")
+    return Policy(
+        max_concurrent=n,
+        ordered=ordered,
+        window=max(1024, 4 * n),
+        buffer_size=size,
+        overflow=overflow,
+        rate=None if rate is None else float(rate),
+        burst=bucket,
+        on_drop=on_drop,
+    )
+
+
+class PriorityBuffer:
+    """Jobs waiting for a slot: highest ``priority`` first, FIFO among equals.
+
+    One deque per priority level present, so every operation costs O(1) plus
+    O(levels) when a level appears or empties.
+    """
+
+    __slots__ = ("_len", "_levels", "_order")
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        self._levels: dict[float, deque[Any]] = {}
+        self._order: list[float] = []  # priorities present, ascending
+        self._len = 0
+        for item in items:
+            self.append(item)
+
+    def append(self, item: Any) -> None:
+        priority = item.priority
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels[priority] = deque()
+            bisect.insort(self._order, priority)
+        level.append(item)
+        self._len += 1
+
+    def popleft(self) -> Any:
+        """The next job to dispatch: the oldest of the highest priority."""
+        return self._pop(-1)
+
+    def evict(self) -> Any:
+        """The job to give up first: the oldest of the lowest priority."""
+        return self._pop(0)
+
+    def _pop(self, index: int) -> Any:
+        priority = self._order[index]
+        level = self._levels[priority]
+        item = level.popleft()
+        if not level:
+            del self._levels[priority]
+            del self._order[index]
+        self._len -= 1
+        return item
+
+    def clear(self) -> None:
+        self._levels.clear()
+        self._order.clear()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[Any]:
+        for priority in reversed(self._order):
+            yield from self._levels[priority]
+
+
+def evict(buffer: deque[Any] | PriorityBuffer) -> Any:
+    """Remove the job ``drop_oldest`` gives up: the FIFO head, or the lowest priority's."""
+    if isinstance(buffer, PriorityBuffer):
+        return buffer.evict()
+    return buffer.popleft()
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up.
+
+    Not thread-safe: the run calls it under its lock.
+    """
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+
+    def available(self) -> int:
+        self._refill()
+        return int(self._tokens + 1e-9)
+
+    def take(self, want: int) -> int:
+        """Take up to ``want`` tokens now; how many were granted."""
+        granted = min(want, self.available())
+        self._tokens -= granted
+        return granted
+
+    def give_back(self, count: int) -> None:
+        self._tokens = min(self._burst, self._tokens + count)
+
+    def delay(self) -> float:
+        """Seconds until the next token."""
+        return max(0.0, (1.0 - self._tokens) / self._rate)
