@@ -19,9 +19,6 @@ from ._token import CancelToken
 
 __all__ = ["WorkerPool"]
 
-# Pool threads wait this long for the next run before they exit.
-POOL_LINGER = 0.5
-
 
 class _State(enum.Enum):
     OPEN = "open"
@@ -32,11 +29,12 @@ class WorkerPool:
     """N workers that take jobs from one source and fan their results into one stream.
 
     ``run(jobs)`` returns a cold ``Observable[Result]``: each subscription is an
-    independent run in which at most ``workers`` jobs run at once. Threads are
-    started on demand, reused between runs, and exit after half a second idle
-    or when the pool closes. Concurrent runs each get their own ``workers``
-    slots (so a run whose source is another run's output can never deadlock
-    waiting for threads that run holds).
+    independent run in which at most ``workers`` jobs run at once. The pool
+    owns its threads: they start on demand, are reused by every run, and exit
+    at `close` (as a `ThreadPoolExecutor`'s do at ``shutdown``). Concurrent runs
+    each get their own ``workers`` slots, so a run whose source is another
+    run's output can never deadlock waiting for threads its upstream holds;
+    the pool then has up to ``workers`` threads per concurrent run.
 
     Example:
         >>> with WorkerPool(8) as pool:
@@ -57,7 +55,7 @@ class WorkerPool:
         self._workers = check_count("workers", workers)
         check_scheduler(scheduler)
         self._scheduler = scheduler
-        self._runner = ThreadRunner(POOL_LINGER) if scheduler is None else None
+        self._runner = ThreadRunner(None) if scheduler is None else None
         self._state = _State.OPEN
         self._lock = threading.Lock()
 

@@ -21,17 +21,24 @@ class ThreadRunner:
 
     A slot loop is a long-lived task (it drains jobs until there are none), so
     there is no queue of jobs here, only of slot loops. A thread that finishes
-    a task waits ``linger`` seconds for another before it exits; after
-    `close` it exits at once when idle. ``spawn`` still works after `close`, so
-    runs in progress can finish; the owner refuses new runs.
+    a task waits ``linger`` seconds for another before it exits (for ever when
+    ``linger`` is None); after `close` it exits at once when idle. ``spawn``
+    still works after `close`, so runs in progress can finish; the owner
+    refuses new runs.
+
+    Threads start as a tree: `spawn` starts at most one thread, and each new
+    thread starts up to two more before it takes a task, while tasks are
+    waiting. Starting N threads then costs the caller one thread start, and the
+    last slot of a wide run starts after about log2(N) starts, not N.
     """
 
-    __slots__ = ("_closed", "_cond", "_idle", "_linger", "_tasks", "_threads")
+    __slots__ = ("_closed", "_cond", "_idle", "_linger", "_starting", "_tasks", "_threads")
 
-    def __init__(self, linger: float) -> None:
+    def __init__(self, linger: float | None) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._tasks: deque[Callable[[], None]] = deque()
         self._idle = 0
+        self._starting = 0  # threads started that have not yet looked for a task
         self._threads: set[threading.Thread] = set()
         self._linger = linger
         self._closed = False
@@ -42,14 +49,29 @@ class ThreadRunner:
             if self._idle >= len(self._tasks):
                 self._cond.notify()
                 return
-            thread = threading.Thread(
-                target=self._work, name=f"rxpool-worker-{next(_names)}", daemon=True
-            )
-            self._threads.add(thread)
+            if self._starting:
+                return  # a thread on its way up starts the next ones
+            thread = self._new_thread()
         thread.start()
+
+    def _new_thread(self) -> threading.Thread:
+        """A thread to start (under ``_cond``)."""
+        thread = threading.Thread(
+            target=self._work, name=f"rxpool-worker-{next(_names)}", daemon=True
+        )
+        self._threads.add(thread)
+        self._starting += 1
+        return thread
 
     def _work(self) -> None:
         cond = self._cond
+        with cond:
+            self._starting -= 1
+            # Tasks not covered by idle threads, threads starting, or this one.
+            deficit = len(self._tasks) - self._idle - self._starting - 1
+            children = [self._new_thread() for _ in range(min(2, max(0, deficit)))]
+        for child in children:
+            child.start()
         while True:
             with cond:
                 while not self._tasks:

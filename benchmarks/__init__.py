@@ -1,0 +1,1 @@
+"""rxpool's benchmark suite: ``python -m benchmarks`` (``--tiny`` for the CI smoke run)."""
