@@ -15,7 +15,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 def _readme_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    quick_start = readme.split("## Quick start", 1)[1]
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```sh\n(.+?)\n```", quick_start)
 
 
@@ -50,6 +50,11 @@ def test_demo_rejects_bad_arguments() -> None:
     assert proc.returncode == 2
     assert "expected a positive integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_readme_names_the_benchmark_command() -> None:
+    assert "python -m benchmarks" in (ROOT / "README.md").read_text()
+    assert "python -m benchmarks --tiny" in (ROOT / ".ci" / "run").read_text()
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
