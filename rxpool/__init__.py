@@ -15,11 +15,13 @@ from ._exceptions import (
     Cancelled,
     DeadlineExceeded,
     Dropped,
+    JobTimeout,
     PoolClosed,
     RxPoolError,
 )
 from ._job import Job, JobDescriptor, Result
 from ._pool import WorkerPool
+from ._retry import Retry
 from ._token import CancelToken
 
 __version__ = "0.1.0"
@@ -32,8 +34,10 @@ __all__ = [
     "Dropped",
     "Job",
     "JobDescriptor",
+    "JobTimeout",
     "PoolClosed",
     "Result",
+    "Retry",
     "RxPoolError",
     "WorkerPool",
     "__version__",

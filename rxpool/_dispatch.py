@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from reactivex import Observable, abc
 from reactivex.scheduler import NewThreadScheduler
 
-from ._engine import JobRun
+from ._engine import Counters, JobRun, _Run
 from ._intake import Policy
 from ._job import Job, Result
 from ._threads import SchedulerSlots, ThreadRunner, can_block
@@ -16,6 +16,16 @@ from ._token import CancelToken
 
 # A run's own threads linger this long between bursts of a slow hot source.
 RUN_LINGER = 0.05
+
+
+class RunOwner(Protocol):
+    """What a WorkerPool gives its runs: shared counters, and a register of live runs."""
+
+    counters: Counters
+
+    def adopt(self, run: JobRun) -> None: ...
+
+    def forget(self, run: _Run[Any, Any]) -> None: ...
 
 
 def choose_slots(
@@ -55,7 +65,7 @@ def job_observable(
     scheduler: abc.SchedulerBase | None,
     token: CancelToken | None,
     shared: ThreadRunner | None,
-    before_subscribe: Callable[[], None] | None = None,
+    owner: RunOwner | None = None,
 ) -> Observable[Result[Any]]:
     """The cold Observable of one `JobRun` per subscription."""
 
@@ -63,14 +73,16 @@ def job_observable(
         observer: abc.ObserverBase[Result[Any]],
         subscribe_scheduler: abc.SchedulerBase | None = None,
     ) -> abc.DisposableBase:
-        if before_subscribe is not None:
-            before_subscribe()
         run = JobRun(
             observer,
             policy,
             parent_token=token,
+            counters=owner.counters if owner is not None else None,
+            on_finished=owner.forget if owner is not None else None,
             **choose_slots(scheduler, subscribe_scheduler, shared),
         )
+        if owner is not None:
+            owner.adopt(run)  # raises PoolClosed once the pool is closed
         if isinstance(source, Observable):
             return run.start_observable(source, subscribe_scheduler)
         return run.start_iterator(iter(source))

@@ -6,19 +6,25 @@ One `_Run` is one subscription. Its path (see DESIGN.md)::
 
 * Intake. An iterator is pulled by the slots themselves, under ``_pull_lock``,
   only when a slot is free: nothing is read ahead of the workers. A hot
-  Observable pushes into ``_buffer``; a full buffer blocks the producer's
-  thread (when slots run on other threads) until a slot takes a job.
+  Observable pushes into ``_buffer``; when it is full the overflow policy
+  blocks the producer's thread, drops a job (which still gets a result) or
+  fails the run.
 * Slots. A slot is a loop scheduled once that keeps taking jobs while there
   are any, then exits; it is spawned again when work arrives and fewer than N
-  slots are live. Jobs that run fast are taken in growing batches, which
-  halves the lock traffic per job; a slow job resets the batch to one, so slow
-  work is never hoarded by one slot.
+  slots are live. Fast jobs are taken in growing batches, which divides the
+  lock traffic per job; a slow job resets the batch to one, so slow work is
+  never hoarded by one slot. A job with a timeout always runs alone.
+* Every item taken gets a sequence number and, until its final outcome is
+  delivered, stays in ``_inflight`` (for runs that must account for it). An
+  outcome may be deferred: a failed attempt waiting to be retried (its backoff
+  runs on a timer and holds no slot), or a timed-out job whose result the
+  watchdog already delivered while its function still runs.
 * Emitter. Every observer call happens under ``_lock`` (an RLock, so a
-  subscriber may dispose from inside ``on_next``), and nothing is emitted once
-  the run is stopped. With ``ordered=True`` results wait in a reorder map keyed
-  by sequence number; a slot takes no job more than ``window`` places past the
-  oldest undelivered one, so the window is bounded and a full window stops the
-  intake instead of growing.
+  subscriber may dispose from inside ``on_next``) through one queue drained by
+  one thread at a time; nothing is emitted once the run is stopped. With
+  ``ordered=True`` outcomes wait in a reorder map keyed by sequence number; a
+  slot takes no job more than ``window`` places past the oldest undelivered
+  one, so a full window stops the intake instead of growing.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from typing import Any, Final, Generic, TypeVar
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable, SingleAssignmentDisposable
 
-from ._exceptions import BufferOverflow, Dropped
+from ._exceptions import BufferOverflow, Cancelled, Dropped, JobTimeout
 from ._intake import Policy, PriorityBuffer, RateLimiter, evict
 from ._job import Job, Result
+from ._retry import Retry, chain
+from ._timers import Timer, call_later
 from ._token import CancelToken
 
 _log: Final = logging.getLogger("rxpool")
@@ -50,8 +58,8 @@ _perf_counter = time.perf_counter
 _FAST_JOB: Final = 50e-6
 _MAX_BATCH: Final = 64
 
-
 _NOTHING: Final = object()
+_DEFERRED: Final = object()  # an outcome that comes later (retry) or came already (timeout)
 
 
 class _Terminal:
@@ -63,18 +71,22 @@ class _Terminal:
         self.error = error
 
 
-class Slots:
-    """Where slot loops run: a `ThreadRunner` or a reactivex scheduler (structural type)."""
+class Counters:
+    """Counts shared by the runs of one pool."""
 
-    def spawn(self, task: Callable[[], None]) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    __slots__ = ("abandoned", "lock")
 
-    def close(self) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def __init__(self) -> None:
+        self.lock = Lock()
+        self.abandoned = 0  # timed-out jobs whose functions have not returned yet
+
+    def add_abandoned(self, delta: int) -> None:
+        with self.lock:
+            self.abandoned += delta
 
 
 class _Run(Generic[_T, _R]):
-    """State of one subscription. Subclasses say how a batch of items is executed."""
+    """State of one subscription. Subclasses say how one item is called and reported."""
 
     def __init__(
         self,
@@ -86,6 +98,8 @@ class _Run(Generic[_T, _R]):
         blocking: bool,
         parent_token: CancelToken | None,
         scheduler: abc.SchedulerBase | None = None,
+        counters: Counters | None = None,
+        on_finished: Callable[[_Run[Any, Any]], None] | None = None,
     ) -> None:
         self._observer = observer
         self._policy = policy
@@ -96,10 +110,15 @@ class _Run(Generic[_T, _R]):
         self._release_slots = release_slots
         self._blocking = blocking
         self._scheduler = scheduler  # set when slots run on a reactivex scheduler
+        self._counters = counters if counters is not None else Counters()
+        self._on_finished = on_finished
         self._limiter: RateLimiter | None = None
         self._rate_waiter = False  # one slot (or timer) waits for the next rate token
         if policy.rate is not None:
             self._limiter = RateLimiter(policy.rate, policy.burst, self._clock())
+        # Runs that must account for every item, or that defer outcomes, track them.
+        self._tracked = policy.timeout is not None or policy.retry is not None
+        self._max_batch = 1 if policy.timeout is not None else _MAX_BATCH
 
         self._lock = RLock()
         self._space = Condition(self._lock)
@@ -107,16 +126,21 @@ class _Run(Generic[_T, _R]):
         self._iterator: Iterator[Any] | None = None
         self._buffer: deque[Any] | PriorityBuffer = deque()
         self._producers_waiting = 0
+        self._pushback: deque[Any] = deque()  # taken from the source, not yet numbered
         self._source_subscription = SingleAssignmentDisposable()
         self._source_done = False
         self._source_error: Exception | None = None
 
         self._active = 0  # slot loops scheduled or running
-        self._pending = 0  # items taken and not yet delivered
-        self._seq = 0  # sequence number of the next item taken
+        self._pending = 0  # items numbered and without a final outcome delivered
+        self._seq = 0  # sequence number of the next item numbered
         self._next_emit = 0  # ordered: sequence number of the next item to emit
-        self._reorder: dict[int, list[Any]] = {}
+        self._reorder: dict[int, Any] = {}
         self._window_blocked = False
+        self._inflight: dict[int, Any] = {}  # tracked runs: seq -> item without an outcome
+        self._retry_queue: deque[tuple[int, Any, int, list[BaseException]]] = deque()
+        self._retry_waiting: dict[int, tuple[Any, Timer]] = {}
+        self._expired: set[tuple[int, int]] = set()  # (seq, attempt) delivered as timed out
         self._stopped = False  # no more work is taken or delivered
         self._disposed = False  # the observer must not hear from us again
         self._outbox: deque[Any] = deque()  # notifications waiting for the observer
@@ -161,6 +185,10 @@ class _Run(Generic[_T, _R]):
     def _admit(self, item: Any) -> Any:
         """Check one item from the source; raise TypeError to end the intake."""
         return item
+
+    def _alone(self, item: Any) -> bool:
+        """True if the item must run in a batch of its own (it has a timeout)."""
+        return False
 
     def _on_source_next(self, item: Any) -> None:
         try:
@@ -235,14 +263,18 @@ class _Run(Generic[_T, _R]):
 
     # -- slots --------------------------------------------------------------------------------
 
+    def _queued(self) -> int:
+        """Items ready to be taken without pulling the source (under ``_lock``)."""
+        return len(self._buffer) + len(self._pushback) + len(self._retry_queue)
+
     def _kick(self) -> None:
         with self._lock:
             if self._stopped or self._window_blocked or self._rate_waiter:
                 return
-            if self._iterator is not None:
-                want = 0 if self._source_done else self._n - self._active
+            if self._iterator is not None and not self._source_done:
+                want = self._n - self._active
             else:
-                want = min(self._n - self._active, len(self._buffer))
+                want = min(self._n - self._active, self._queued())
             if self._limiter is not None:
                 want = min(want, max(1, self._limiter.available()))
             if want <= 0:
@@ -272,42 +304,55 @@ class _Run(Generic[_T, _R]):
                         self._rate_waiter = False
                     self._kick()
                     continue
-                first, items = taken  # type: ignore[misc]
+                first, items, retry_state = taken  # type: ignore[misc]
                 began = _perf_counter()
-                outcome = self._execute(items)
+                outcome = self._execute(first, items, retry_state)
                 if (_perf_counter() - began) < _FAST_JOB * len(items):
-                    batch = min(batch * 2, _MAX_BATCH)
+                    batch = min(batch * 2, self._max_batch)
                 else:
                     batch = 1
-                self._deliver(first, outcome)
+                self._deliver(first, *outcome)
         except BaseException as error:
             # Only a bug or an interrupt gets here; the run must still end.
             with self._lock:
                 self._active -= 1
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
 
-    def _take(self, want: int) -> tuple[int, list[Any]] | float | None:
+    def _take(self, want: int) -> tuple[int, list[Any], Any] | float | None:
         """Take up to ``want`` items with consecutive sequence numbers.
 
-        Returns None when the slot should exit (``_active`` is decremented), or
-        the seconds a thread slot should wait for the next rate token.
+        Returns ``(first_seq, items, retry_state)``; None when the slot should
+        exit (``_active`` is decremented); or the seconds a thread slot should
+        wait for the next rate token.
         """
+        with self._lock:
+            if self._retry_queue and not self._stopped:
+                if self._limiter is not None and not self._limiter.take(1):
+                    return self._wait_for_rate()
+                seq, item, attempt, errors = self._retry_queue.popleft()
+                return seq, [item], (attempt, errors)
         iterator = self._iterator
         if iterator is None:
             with self._lock:
                 room = self._room(want)
-                n = min(room, len(self._buffer))
+                buffer = self._buffer
+                n = min(room, len(buffer))
                 if n > 0 and self._limiter is not None:
                     n = self._limiter.take(n)
                     if n <= 0:
                         return self._wait_for_rate()
                 if n <= 0:
-                    if room <= 0 and self._buffer:
+                    if room <= 0 and buffer:
                         self._window_blocked = True
                     self._active -= 1
                     return None
-                pop = self._buffer.popleft
-                items = [pop() for _ in range(n)]
+                pop = buffer.popleft
+                items = [pop()]
+                if not self._alone(items[0]):
+                    while len(items) < n and not self._alone(buffer[0]):
+                        items.append(pop())
+                if self._limiter is not None and len(items) < n:
+                    self._limiter.give_back(n - len(items))
                 if self._producers_waiting:
                     self._space.notify()
                 return self._register(items)
@@ -315,10 +360,18 @@ class _Run(Generic[_T, _R]):
         with self._pull_lock:
             with self._lock:
                 room = self._room(want)
+                if room > 0 and self._pushback:
+                    # A job pulled with an earlier batch that must run alone; it
+                    # is numbered under the pull lock, so input order holds.
+                    if self._limiter is not None and not self._limiter.take(1):
+                        return self._wait_for_rate()
+                    return self._register([self._pushback.popleft()])
                 if room <= 0 or self._source_done:
                     if room <= 0 and not self._source_done:
                         self._window_blocked = True
                     self._active -= 1
+                    if not self._stopped:
+                        self._maybe_complete()
                     return None
                 if self._limiter is not None:
                     room = self._limiter.take(room)
@@ -329,7 +382,13 @@ class _Run(Generic[_T, _R]):
             failure: Exception | None = None
             try:
                 for _ in range(room):
-                    items.append(self._admit(next(iterator)))
+                    item = self._admit(next(iterator))
+                    if items and self._alone(item):
+                        self._pushback.append(item)  # it runs alone, in the next batch
+                        break
+                    items.append(item)
+                    if self._alone(item):
+                        break
             except StopIteration:
                 exhausted = True
             except Exception as error:  # the source raised, or gave a non-Job
@@ -379,53 +438,201 @@ class _Run(Generic[_T, _R]):
             return min(want, self._window - (self._seq - self._next_emit))
         return want
 
-    def _register(self, items: list[Any]) -> tuple[int, list[Any]]:
+    def _register(self, items: list[Any]) -> tuple[int, list[Any], None]:
         first = self._seq
         self._seq = first + len(items)
         self._pending += len(items)
-        self._track(first, items)
-        return first, items
+        if self._tracked:
+            self._inflight.update(zip(range(first, first + len(items)), items, strict=True))
+        return first, items, None
 
-    def _track(self, first: int, items: list[Any]) -> None:
-        """Remember a batch as taken and not delivered (job runs need it to cancel)."""
+    # -- execution ----------------------------------------------------------------------------
 
-    def _untrack(self, first: int) -> None:
-        """Forget a delivered batch."""
-
-    def _execute(self, items: list[Any]) -> tuple[list[Any], Exception | None]:
+    def _execute(
+        self, first: int, items: list[Any], retry_state: Any
+    ) -> tuple[list[Any], Exception | None, bool]:
+        """Run a batch: ``(outcomes, fatal error or None, any outcome deferred)``."""
         raise NotImplementedError
 
-    # -- emitter ------------------------------------------------------------------------------
+    def _run_one(self, seq: int, item: Any, attempt: int, errors: list[BaseException]) -> Any:
+        """One attempt at one item, with its timeout and retry policy (the careful path)."""
+        timeout = self._timeout_of(item)
+        token = self._token
+        timer: Timer | None = None
+        started = _monotonic()
+        if timeout is not None:
+            if self._wants_token(item):
+                token = CancelToken(parent=self._token)
+            key = (seq, attempt)
+            timer = call_later(
+                timeout,
+                lambda: self._expire(key, item, errors, started, timeout, token),
+                self._scheduler,
+            )
+        error: Exception | None = None
+        value: Any = None
+        try:
+            value = self._call(item, token)
+        except Exception as raised:
+            error = raised
+        finished = _monotonic()
+        if timer is not None:
+            timer.cancel()
+            if token is not self._token:
+                token.detach()
+            with self._lock:
+                if (seq, attempt) in self._expired:
+                    self._expired.discard((seq, attempt))
+                    self._counters.add_abandoned(-1)
+                    return _DEFERRED  # its timeout was reported at the deadline
+        if error is None:
+            return self._success(item, value, attempt, started, finished)
+        return self._failure(seq, item, error, attempt, errors, started, finished)
 
-    def _deliver(self, first: int, outcome: tuple[list[Any], Exception | None]) -> None:
-        values, error = outcome
+    def _failure(
+        self,
+        seq: int,
+        item: Any,
+        error: Exception,
+        attempt: int,
+        errors: list[BaseException],
+        started: float,
+        finished: float,
+    ) -> Any:
+        retry = self._retry_of(item)
+        if retry is not None and not self._stopped and retry.should_retry(error, attempt):
+            self._schedule_retry(seq, item, attempt + 1, [*errors, error], retry.delay(attempt))
+            return _DEFERRED
+        if errors:
+            error = chain([*errors, error])  # type: ignore[assignment]
+        return self._failed(item, error, attempt, started, finished)
+
+    def _schedule_retry(
+        self, seq: int, item: Any, attempt: int, errors: list[BaseException], delay: float
+    ) -> None:
+        def requeue() -> None:
+            with self._lock:
+                if self._retry_waiting.pop(seq, None) is None or self._stopped:
+                    return
+                self._retry_queue.append((seq, item, attempt, errors))
+            self._kick()
+
         with self._lock:
             if self._stopped:
                 return
-            self._untrack(first)
-            self._pending -= len(values) if error is None else 0
-            if self._ordered:
-                if first != self._next_emit:
-                    self._reorder[first] = values
+            self._retry_waiting[seq] = (item, _PLACEHOLDER)
+        timer = call_later(delay, requeue, self._scheduler)
+        with self._lock:
+            if seq in self._retry_waiting:
+                self._retry_waiting[seq] = (item, timer)
+
+    def _expire(
+        self,
+        key: tuple[int, int],
+        item: Any,
+        errors: list[BaseException],
+        started: float,
+        timeout: float,
+        token: CancelToken,
+    ) -> None:
+        """The watchdog: a job ran past its timeout. Report it now; its slot stays busy."""
+        seq, attempt = key
+        error = JobTimeout(f"job {self._describe(item)} ran past its timeout of {timeout:g}s")
+        with self._lock:
+            if self._stopped or seq not in self._inflight or key in self._expired:
+                return
+            self._expired.add(key)
+            self._counters.add_abandoned(1)
+            outcome = self._failure(seq, item, error, attempt, errors, started, _monotonic())
+            if outcome is not _DEFERRED:
+                fatal = self._fatal(outcome)
+                if fatal is not None:
+                    self._fail(fatal)
                 else:
-                    self._emit_all(values)
-                    self._next_emit = first + len(values)
-                    reorder = self._reorder
-                    while self._next_emit in reorder and not self._stopped:
-                        later = reorder.pop(self._next_emit)
-                        self._emit_all(later)
-                        self._next_emit += len(later)
-                    if self._window_blocked and not self._stopped:
-                        self._window_blocked = False
-                        self._kick()
+                    self._deliver(seq, [outcome], None, False)
+        if token is not self._token:
+            token.cancel(JobTimeout(str(error)))
+
+    def _timeout_of(self, item: Any) -> float | None:
+        return self._policy.timeout
+
+    def _retry_of(self, item: Any) -> Retry | None:
+        return self._policy.retry
+
+    def _wants_token(self, item: Any) -> bool:
+        raise NotImplementedError
+
+    def _call(self, item: Any, token: CancelToken) -> Any:
+        raise NotImplementedError
+
+    def _success(self, item: Any, value: Any, attempt: int, started: float, end: float) -> Any:
+        raise NotImplementedError
+
+    def _failed(self, item: Any, error: Exception, attempt: int, started: float, end: float) -> Any:
+        raise NotImplementedError
+
+    def _fatal(self, outcome: Any) -> Exception | None:
+        """The error that ends the stream if this outcome is one (it is not emitted then)."""
+        return None
+
+    def _describe(self, item: Any) -> str:
+        return repr(item)
+
+    # -- emitter ------------------------------------------------------------------------------
+
+    def _deliver(
+        self, first: int, outcomes: list[Any], fatal: Exception | None, deferred: bool
+    ) -> None:
+        """Deliver final outcomes for ``first, first + 1, ...``; ``_DEFERRED`` ones come later."""
+        with self._lock:
+            if self._stopped:
+                return
+            count = len(outcomes)
+            if deferred:
+                delivered = [(first + i, o) for i, o in enumerate(outcomes) if o is not _DEFERRED]
+                self._pending -= len(delivered)
+                if self._tracked:
+                    for seq, _ in delivered:
+                        del self._inflight[seq]
+                if self._ordered:
+                    self._reorder.update(delivered)
+                    self._emit_in_order()
+                else:
+                    self._emit_all([o for _, o in delivered])
             else:
-                self._emit_all(values)
-            if error is not None:
-                self._fail(error)
+                self._pending -= count
+                if self._tracked:
+                    for seq in range(first, first + count):
+                        del self._inflight[seq]
+                if not self._ordered:
+                    self._emit_all(outcomes)
+                elif first == self._next_emit:
+                    self._next_emit = first + count
+                    self._emit_all(outcomes)
+                    self._emit_in_order()
+                else:
+                    self._reorder.update(zip(range(first, first + count), outcomes, strict=True))
+            if fatal is not None:
+                self._fail(fatal)
             else:
                 self._maybe_complete()
 
-    def _emit_all(self, values: list[Any]) -> None:
+    def _emit_in_order(self) -> None:
+        """Emit what the reorder map holds from ``_next_emit`` on (under ``_lock``)."""
+        reorder = self._reorder
+        seq = self._next_emit
+        if seq in reorder:
+            ready = []
+            while seq in reorder:
+                ready.append(reorder.pop(seq))
+                seq += 1
+            self._next_emit = seq
+            self._emit_all(ready)
+        if self._window_blocked and not self._stopped:
+            self._window_blocked = False
+            self._kick()
+
+    def _emit_all(self, values: Iterable[Any]) -> None:
         """Queue values for the observer and drain the queue (under ``_lock``)."""
         self._outbox.extend(values)
         self._drain()
@@ -480,7 +687,7 @@ class _Run(Generic[_T, _R]):
 
     def _maybe_complete(self) -> None:
         """End the run once the source is done and nothing is pending (under ``_lock``)."""
-        if self._stopped or not self._source_done or self._pending or self._buffer:
+        if self._stopped or not self._source_done or self._pending or self._queued():
             return
         self._stopped = True
         self._terminate(self._source_error)
@@ -507,12 +714,37 @@ class _Run(Generic[_T, _R]):
         self._token.cancel("the subscription was disposed")
         self._finish()
 
+    def stop_intake(self) -> None:
+        """Take nothing more from the source; queued items end as `Cancelled` (pool close)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._source_done = True
+            self._cancel_queued(Cancelled("the pool was closed"))
+            self._maybe_complete()
+        self._source_subscription.dispose()
+
+    def _cancel_queued(self, error: Cancelled) -> None:
+        """Give up items not yet started (under ``_lock``)."""
+        self._buffer.clear()
+        self._pushback.clear()
+        self._retry_queue.clear()
+        for _, timer in self._retry_waiting.values():
+            timer.cancel()
+        self._retry_waiting.clear()
+
     def _finish(self) -> None:
         """Release what the run holds; called once, after ``_stopped`` is set."""
         with self._lock:
             self._buffer.clear()
+            self._pushback.clear()
             self._reorder.clear()
+            self._retry_queue.clear()
+            waiting = list(self._retry_waiting.values())
+            self._retry_waiting.clear()
             self._space.notify_all()
+        for _, timer in waiting:
+            timer.cancel()
         self._source_subscription.dispose()
         link, self._token_link = self._token_link, None
         if link is not None:
@@ -520,10 +752,31 @@ class _Run(Generic[_T, _R]):
         self._token.detach()
         if self._release_slots:
             self._slots.close()
+        if self._on_finished is not None:
+            self._on_finished(self)
+
+
+class _Placeholder:
+    """Stands for a retry timer between registering a wait and starting its timer."""
+
+    def cancel(self) -> None:
+        """Nothing to cancel yet; the requeue finds the wait gone."""
+
+
+_PLACEHOLDER: Final[Any] = _Placeholder()
+
+
+class _Failure:
+    """``map_concurrent``: the final error of one item, which ends the stream."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class MapRun(_Run[_T, _R]):
-    """``map_concurrent``: values out; the first exception ends the stream with that error."""
+    """``map_concurrent``: values out; the first final error ends the stream with that error."""
 
     def __init__(
         self,
@@ -551,10 +804,22 @@ class MapRun(_Run[_T, _R]):
         assert error is not None
         self._fail(error)
 
-    def _execute(self, items: list[Any]) -> tuple[list[Any], Exception | None]:
-        fn = self._fn
+    def _execute(
+        self, first: int, items: list[Any], retry_state: Any
+    ) -> tuple[list[Any], Exception | None, bool]:
         values: list[Any] = []
         append = values.append
+        if self._tracked:
+            attempt, errors = retry_state if retry_state is not None else (1, [])
+            for offset, item in enumerate(items):
+                if self._stopped:
+                    break
+                outcome = self._run_one(first + offset, item, attempt, errors)
+                if type(outcome) is _Failure:
+                    return values, outcome.error, False
+                append(outcome)
+            return values, None, _DEFERRED in values
+        fn = self._fn
         try:
             if self._pass_token:
                 token = self._token
@@ -568,8 +833,25 @@ class MapRun(_Run[_T, _R]):
                         break
                     append(fn(item))
         except Exception as error:
-            return values, error
-        return values, None
+            return values, error, False
+        return values, None, False
+
+    def _wants_token(self, item: Any) -> bool:
+        return self._pass_token
+
+    def _call(self, item: Any, token: CancelToken) -> Any:
+        if self._pass_token:
+            return self._fn(item, token=token)
+        return self._fn(item)
+
+    def _success(self, item: Any, value: Any, attempt: int, started: float, end: float) -> Any:
+        return value
+
+    def _failed(self, item: Any, error: Exception, attempt: int, started: float, end: float) -> Any:
+        return _Failure(error)
+
+    def _fatal(self, outcome: Any) -> Exception | None:
+        return outcome.error if type(outcome) is _Failure else None
 
 
 class JobRun(_Run[Job[Any], Result[Any]]):
@@ -577,7 +859,15 @@ class JobRun(_Run[Job[Any], Result[Any]]):
 
     def __init__(self, observer: abc.ObserverBase[Result[Any]], policy: Policy, **kw: Any) -> None:
         super().__init__(observer, policy, **kw)
-        self._taken: dict[int, list[Job[Any]]] = {}
+        self._tracked = True  # every job taken is accounted for, even on cancel
+
+    def _admit(self, item: Any) -> Any:
+        if type(item) is not Job and not isinstance(item, Job):
+            raise TypeError(f"jobs must be rxpool.Job instances, got {type(item).__name__}")
+        return item
+
+    def _alone(self, item: Any) -> bool:
+        return item.timeout is not None
 
     def _enqueue(self, item: Any) -> None:
         buffer = self._buffer
@@ -592,11 +882,6 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         error = Dropped(f"dropped: the buffer of {size} jobs was full")
         self._emit_all([Result(None, error, item.descriptor, 1, now, now)])
 
-    def _admit(self, item: Any) -> Any:
-        if type(item) is not Job and not isinstance(item, Job):
-            raise TypeError(f"jobs must be rxpool.Job instances, got {type(item).__name__}")
-        return item
-
     def _watch_token(self) -> None:
         parent = self._token._parent
         if parent is None:
@@ -606,30 +891,87 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         else:
             self._token_link = parent.on_cancel(self._cancel_from_caller)
 
-    def _track(self, first: int, items: list[Any]) -> None:
-        self._taken[first] = items
-
-    def _untrack(self, first: int) -> None:
-        del self._taken[first]
-
-    def _execute(self, items: list[Any]) -> tuple[list[Any], Exception | None]:
+    def _execute(
+        self, first: int, items: list[Any], retry_state: Any
+    ) -> tuple[list[Any], Exception | None, bool]:
+        policy = self._policy
+        careful = policy.timeout is not None or policy.retry is not None
+        fail_fast = policy.fail_fast
         token = self._token
-        results: list[Result[Any]] = []
+        results: list[Any] = []
         append = results.append
-        for job in items:
+        deferred = False
+        attempt, errors = retry_state if retry_state is not None else (1, [])
+        for offset, job in enumerate(items):
             if self._stopped:
                 break
-            started = _monotonic()
-            try:
-                if job.wants_token:
-                    value = job.fn(*job.args, token=token, **job.kwargs)
-                else:
-                    value = job.fn(*job.args, **job.kwargs)
-            except Exception as error:
-                append(Result(None, error, job.descriptor, 1, started, _monotonic()))
+            if careful or job.timeout is not None or job.retry is not None:
+                result = self._run_one(first + offset, job, attempt, errors)
+                if result is _DEFERRED:
+                    deferred = True
+                    append(result)
+                    continue
             else:
-                append(Result(value, None, job.descriptor, 1, started, _monotonic()))
-        return results, None
+                started = _monotonic()
+                try:
+                    if job.wants_token:
+                        value = job.fn(*job.args, token=token, **job.kwargs)
+                    else:
+                        value = job.fn(*job.args, **job.kwargs)
+                except Exception as error:
+                    result = Result(None, error, job.descriptor, 1, started, _monotonic())
+                else:
+                    result = Result(value, None, job.descriptor, 1, started, _monotonic())
+            if fail_fast and result.error is not None:
+                return results, result.error, deferred  # errgroup: the error, not its Result
+            append(result)
+        return results, None, deferred
+
+    def _timeout_of(self, item: Any) -> float | None:
+        return item.timeout if item.timeout is not None else self._policy.timeout
+
+    def _retry_of(self, item: Any) -> Retry | None:
+        return item.retry if item.retry is not None else self._policy.retry
+
+    def _wants_token(self, item: Any) -> bool:
+        return bool(item.wants_token)
+
+    def _call(self, item: Any, token: CancelToken) -> Any:
+        if item.wants_token:
+            return item.fn(*item.args, token=token, **item.kwargs)
+        return item.fn(*item.args, **item.kwargs)
+
+    def _success(self, item: Any, value: Any, attempt: int, started: float, end: float) -> Any:
+        return Result(value, None, item.descriptor, attempt, started, end)
+
+    def _failed(self, item: Any, error: Exception, attempt: int, started: float, end: float) -> Any:
+        return Result(None, error, item.descriptor, attempt, started, end)
+
+    def _fatal(self, outcome: Any) -> Exception | None:
+        if self._policy.fail_fast and outcome.error is not None:
+            return outcome.error  # type: ignore[no-any-return]
+        return None
+
+    def _describe(self, item: Any) -> str:
+        return repr(item.descriptor.id)
+
+    def _cancel_queued(self, error: Cancelled) -> None:
+        now = _monotonic()
+
+        def cancelled(job: Job[Any]) -> Result[Any]:
+            return Result(None, _copy(error), job.descriptor, 1, now, now)
+
+        fresh = [cancelled(job) for job in (*self._pushback, *self._buffer)]
+        waiting = [seq for seq, *_ in self._retry_queue] + list(self._retry_waiting)
+        numbered = {seq: cancelled(self._inflight.pop(seq)) for seq in waiting}
+        self._pending -= len(numbered)
+        super()._cancel_queued(error)
+        if self._ordered:
+            self._reorder.update(numbered)
+            self._emit_in_order()
+        else:
+            self._emit_all(numbered[seq] for seq in sorted(numbered))
+        self._emit_all(fresh)
 
     def _cancel_from_caller(self) -> None:
         """The caller's token was cancelled: every job taken gets a Cancelled result, then done."""
@@ -645,12 +987,15 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             def cancelled(jobs: Iterable[Job[Any]]) -> list[Result[Any]]:
                 return [Result(None, new_error(), job.descriptor, 1, now, now) for job in jobs]
 
-            undelivered = {first: cancelled(jobs) for first, jobs in self._taken.items()}
+            undelivered = dict(zip(self._inflight, cancelled(self._inflight.values()), strict=True))
             undelivered.update(self._reorder)
-            for first in sorted(undelivered):
-                self._outbox.extend(undelivered[first])
-            self._outbox.extend(cancelled(self._buffer))
-            self._taken.clear()
+            self._outbox.extend(undelivered[seq] for seq in sorted(undelivered))
+            self._outbox.extend(cancelled([*self._pushback, *self._buffer]))
+            self._inflight.clear()
             self._terminate(None)
         self._token.cancel(parent.new_error())
         self._finish()
+
+
+def _copy(error: Cancelled) -> Cancelled:
+    return type(error)(*error.args)

@@ -5,6 +5,7 @@ Every rxpool exception derives from `RxPoolError`::
     RxPoolError
     ├── Cancelled               the run's token was cancelled
     │   └── DeadlineExceeded    ... because its deadline passed
+    ├── JobTimeout              one job ran past its timeout (also a TimeoutError)
     ├── Dropped                 a job given up by the drop_newest / drop_oldest policy
     ├── BufferOverflow          the buffer filled under the "error" overflow policy
     └── PoolClosed              work submitted to a closed WorkerPool
@@ -21,6 +22,7 @@ __all__ = [
     "Cancelled",
     "DeadlineExceeded",
     "Dropped",
+    "JobTimeout",
     "PoolClosed",
     "RxPoolError",
 ]
@@ -48,3 +50,7 @@ class Dropped(RxPoolError):
 
 class BufferOverflow(RxPoolError):
     """A hot source overflowed the buffer under ``overflow="error"``; ends the stream."""
+
+
+class JobTimeout(RxPoolError, TimeoutError):
+    """A job ran past its timeout; its function may still be running (its token is cancelled)."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from ._checks import check_bool, check_count
+from ._job import check_timeout
+from ._retry import Retry
 
 Overflow = Literal["block", "drop_newest", "drop_oldest", "error"]
 OVERFLOW_POLICIES: Final = ("block", "drop_newest", "drop_oldest", "error")
@@ -29,6 +31,9 @@ class Policy:
     rate: float | None = None
     burst: int = 1
     on_drop: Callable[[Any], object] | None = None
+    timeout: float | None = None
+    retry: Retry | None = None
+    fail_fast: bool = False
 
 
 def make_policy(
@@ -40,6 +45,9 @@ def make_policy(
     rate: object = None,
     burst: object = 1,
     on_drop: object = None,
+    timeout: object = None,
+    retry: object = None,
+    fail_fast: object = False,
 ) -> Policy:
     """Check every option, naming the argument and what was expected."""
     n = check_count("max_concurrent", max_concurrent)
@@ -58,6 +66,10 @@ def make_policy(
     bucket = check_count("burst", burst)
     if on_drop is not None and not callable(on_drop):
         raise TypeError(f"on_drop must be callable or None, got {type(on_drop).__name__}")
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"retry must be an rxpool.Retry or None, got {type(retry).__name__}")
+    check_bool("fail_fast", fail_fast)
+    assert isinstance(fail_fast, bool)
     return Policy(
         max_concurrent=n,
         ordered=ordered,
@@ -67,6 +79,9 @@ def make_policy(
         rate=None if rate is None else float(rate),
         burst=bucket,
         on_drop=on_drop,
+        timeout=check_timeout(timeout),
+        retry=retry,
+        fail_fast=fail_fast,
     )
 
 
@@ -112,6 +127,12 @@ class PriorityBuffer:
             del self._order[index]
         self._len -= 1
         return item
+
+    def __getitem__(self, index: int) -> Any:
+        """Only ``[0]``: the next job to dispatch, left in place."""
+        if index != 0:
+            raise IndexError("a PriorityBuffer only peeks at [0]")
+        return self._levels[self._order[-1]][0]
 
     def clear(self) -> None:
         self._levels.clear()

@@ -5,14 +5,30 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
+
+from ._retry import Retry
 
 __all__ = ["Job", "JobDescriptor", "Result"]
 
 _R = TypeVar("_R")
 
 _ids = itertools.count(1)
+
+
+def check_timeout(timeout: object) -> float | None:
+    """None, or a number of seconds > 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, got {type(timeout).__name__}"
+        )
+    if math.isnan(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout}")
+    return float(timeout)
 
 
 class JobDescriptor(NamedTuple):
@@ -64,12 +80,24 @@ class Job(Generic[_R]):
         metadata: Free-form data copied into the result.
         priority: While jobs wait in a run's buffer (a hot Observable source),
             higher priorities are dispatched first, FIFO among equals.
+        timeout: Seconds the job may run; then its result is `JobTimeout` and
+            its token is cancelled. Overrides the run's default.
+        retry: The job's `Retry` policy; overrides the run's default.
 
     Raises:
         TypeError: ``fn`` is not callable, or ``args``/``kwargs`` have the wrong type.
     """
 
-    __slots__ = ("args", "descriptor", "fn", "kwargs", "priority", "wants_token")
+    __slots__ = (
+        "args",
+        "descriptor",
+        "fn",
+        "kwargs",
+        "priority",
+        "retry",
+        "timeout",
+        "wants_token",
+    )
 
     def __init__(
         self,
@@ -81,6 +109,8 @@ class Job(Generic[_R]):
         kind: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         priority: float = 0,
+        timeout: float | None = None,
+        retry: Retry | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -99,6 +129,10 @@ class Job(Generic[_R]):
         if priority != priority:
             raise ValueError("priority must not be NaN")
         self.priority: float = priority
+        self.timeout: float | None = check_timeout(timeout)
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry must be an rxpool.Retry or None, got {type(retry).__name__}")
+        self.retry: Retry | None = retry
         self.fn: Callable[..., _R] = fn
         self.args: tuple[Any, ...] = args
         self.kwargs: Mapping[str, Any] = kwargs if kwargs is not None else {}

@@ -9,11 +9,13 @@ from typing import Any
 
 from reactivex import Observable, abc
 
-from ._checks import check_count, check_scheduler, check_token
+from ._checks import check_bool, check_count, check_scheduler, check_token
 from ._dispatch import job_observable
+from ._engine import Counters, JobRun, _Run
 from ._exceptions import PoolClosed
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result
+from ._retry import Retry
 from ._threads import ThreadRunner
 from ._token import CancelToken
 
@@ -58,6 +60,9 @@ class WorkerPool:
         self._runner = ThreadRunner(None) if scheduler is None else None
         self._state = _State.OPEN
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when the last run ends
+        self._runs: set[JobRun] = set()
+        self.counters = Counters()
 
     @property
     def workers(self) -> int:
@@ -79,6 +84,9 @@ class WorkerPool:
         overflow: Overflow = "block",
         rate: float | None = None,
         burst: int = 1,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        fail_fast: bool = False,
     ) -> Observable[Result[Any]]:
         """Run ``jobs``; a cold Observable with one `Result` per job taken.
 
@@ -87,7 +95,9 @@ class WorkerPool:
         checked for non-`Job` items here. An Observable of jobs is buffered:
         ``buffer_size``, ``overflow`` and `Job.priority` work as in
         `rxpool.operators.run_jobs`; ``rate`` / ``burst`` limit how many jobs
-        start per second, whatever the source.
+        start per second, whatever the source. ``timeout``, ``retry`` and
+        ``fail_fast`` are as in `rxpool.operators.run_jobs` (a `Job`'s own
+        ``timeout`` / ``retry`` win over these defaults).
 
         **Ordering**: as jobs finish; with ``ordered=True`` in input order.
         **Threading**: ``on_next`` runs on a pool thread, one at a time.
@@ -124,6 +134,9 @@ class WorkerPool:
             overflow=overflow,
             rate=rate,
             burst=burst,
+            timeout=timeout,
+            retry=retry,
+            fail_fast=fail_fast,
         )
         return job_observable(
             jobs,
@@ -131,31 +144,77 @@ class WorkerPool:
             scheduler=self._scheduler,
             token=token,
             shared=self._runner,
-            before_subscribe=self._check_open,
+            owner=self,
         )
+
+    @property
+    def abandoned(self) -> int:
+        """Jobs that timed out and whose functions have not returned yet (each holds a thread)."""
+        with self.counters.lock:
+            return self.counters.abandoned
+
+    def adopt(self, run: JobRun) -> None:
+        """Register a run as it subscribes; refuse it once the pool is closed."""
+        with self._lock:
+            if self._state is _State.CLOSED:
+                raise PoolClosed("the WorkerPool is closed")
+            self._runs.add(run)
+
+    def forget(self, run: _Run[Any, Any]) -> None:
+        """A run has ended."""
+        with self._lock:
+            self._runs.discard(run)
+            if not self._runs:
+                self._idle.notify_all()
 
     def _check_open(self) -> None:
         if self._state is _State.CLOSED:
             raise PoolClosed("the WorkerPool is closed")
 
-    def close(self, wait: bool = True) -> None:
-        """Refuse new runs and release the threads; safe to call twice, from any thread.
+    def close(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Refuse new runs, let the runs in progress end, then release the threads.
 
-        Runs already subscribed go on until they end. With ``wait=True``, block
-        until every pool thread has exited, i.e. until the running jobs return.
+        Safe to call twice and from any thread. Runs already subscribed go on:
+        with ``cancel_pending=False`` they take and finish every job of their
+        sources; with ``cancel_pending=True`` they take nothing more, the jobs
+        waiting in buffers or for a retry get a `Cancelled` result, and the
+        running jobs finish. With ``wait=True`` it blocks until the runs have
+        ended and the pool's threads have exited (from a pool thread, e.g. in
+        a job or ``on_next``, it does not wait). A ``KeyboardInterrupt`` while
+        it waits cancels what is pending and is raised again.
         """
+        check_bool("wait", wait)
+        check_bool("cancel_pending", cancel_pending)
         with self._lock:
             self._state = _State.CLOSED
+            runs = list(self._runs)
+        if cancel_pending:
+            for run in runs:
+                run.stop_intake()
         if self._runner is not None:
             self._runner.close()
-            if wait:
+        if not wait or self._on_pool_thread():
+            return
+        try:
+            with self._lock:
+                while self._runs:
+                    self._idle.wait(0.1)
+            if self._runner is not None:
                 self._runner.join()
+        except KeyboardInterrupt:
+            for run in list(self._runs):
+                run.stop_intake()
+            raise
+
+    def _on_pool_thread(self) -> bool:
+        return self._runner is not None and self._runner.owns(threading.current_thread())
 
     def __enter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        # Leaving on an exception (or Ctrl-C) gives up the queued work.
+        self.close(cancel_pending=exc_type is not None)
 
     def __repr__(self) -> str:
         return f"<WorkerPool workers={self._workers} {self._state.value}>"

@@ -96,6 +96,11 @@ class ThreadRunner:
             self._closed = True
             self._cond.notify_all()
 
+    def owns(self, thread: threading.Thread) -> bool:
+        """True if ``thread`` is one of this runner's."""
+        with self._cond:
+            return thread in self._threads
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for every thread to exit; True if they all did within ``timeout``."""
         with self._cond:

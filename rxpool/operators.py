@@ -19,6 +19,7 @@ from ._engine import MapRun
 from ._flat_map import flat_map as _flat_map
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result, wants_token
+from ._retry import Retry
 from ._token import CancelToken
 
 __all__ = ["flat_map", "map_concurrent", "run_jobs"]
@@ -77,6 +78,8 @@ def map_concurrent(
     on_drop: Callable[[_T], object] | None = None,
     rate: float | None = None,
     burst: int = 1,
+    timeout: float | None = None,
+    retry: Retry | None = None,
 ) -> Callable[[Observable[_T]], Observable[_R]]:
     """Call ``fn(item)`` on worker threads, at most ``max_concurrent`` at once.
 
@@ -116,6 +119,10 @@ def map_concurrent(
         on_drop: Called with each dropped item, on the producer's thread.
         rate: At most this many calls start per second (a token bucket).
         burst: Calls that may start at once after a quiet spell (the bucket's size).
+        timeout: Seconds a call may run; then the stream ends with `JobTimeout`
+            (after any retries) and the call's token is cancelled.
+        retry: A `Retry` policy for failed calls; only the last failure ends
+            the stream, with the earlier ones chained to it.
 
     Raises:
         TypeError: ``fn`` is not callable, or an argument has the wrong type.
@@ -132,6 +139,8 @@ def map_concurrent(
         rate=rate,
         burst=burst,
         on_drop=on_drop,
+        timeout=timeout,
+        retry=retry,
     )
     pass_token = wants_token(fn)
 
@@ -164,6 +173,9 @@ def run_jobs(
     overflow: Overflow = "block",
     rate: float | None = None,
     burst: int = 1,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    fail_fast: bool = False,
 ) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
     """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
 
@@ -194,6 +206,15 @@ def run_jobs(
         overflow: ``"block"``, ``"drop_newest"``, ``"drop_oldest"`` or ``"error"``.
         rate: At most this many jobs start per second (a token bucket).
         burst: Jobs that may start at once after a quiet spell.
+        timeout: Default seconds a job may run (`Job.timeout` wins): at the
+            deadline its result is `JobTimeout`, emitted at once, and its token
+            is cancelled; its worker stays busy until the function returns,
+            so the bound always holds.
+        retry: Default `Retry` policy (`Job.retry` wins). Backoff waits hold no
+            worker; `Result.attempt` counts the attempts, and a final error has
+            the earlier attempts' errors chained to it.
+        fail_fast: End the stream with the first failed job's error (not its
+            `Result`) and cancel the rest, as Go's ``errgroup`` does.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -208,6 +229,9 @@ def run_jobs(
         overflow=overflow,
         rate=rate,
         burst=burst,
+        timeout=timeout,
+        retry=retry,
+        fail_fast=fail_fast,
     )
     return lambda source: job_observable(
         source, policy, scheduler=scheduler, token=token, shared=None

@@ -1,0 +1,125 @@
+"""Timers for job timeouts and retry backoff: one watchdog thread, or the run's scheduler."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+from reactivex import abc
+
+_log: Final = logging.getLogger("rxpool")
+
+
+class Timer:
+    """A pending call; `cancel` is safe from any thread, before or after it fires."""
+
+    __slots__ = ("_disposable", "callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+        self._disposable: abc.DisposableBase | None = None
+
+    def cancel(self) -> None:
+        if self._disposable is not None:
+            self.cancelled = True
+            self._disposable.dispose()
+        else:
+            _WATCHDOG.forget(self)
+
+    def __lt__(self, other: Timer) -> bool:
+        return self.deadline < other.deadline
+
+
+class _Watchdog:
+    """One thread that fires timers at their deadlines, started on demand.
+
+    Cancelled timers are removed lazily; the heap is rebuilt when they
+    outnumber the live ones, so it stays proportional to the timers pending.
+    The thread exits when no live timer is left.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._counter = itertools.count()
+        self._live = 0
+        self._thread: threading.Thread | None = None
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        with self._cond:
+            heapq.heappush(self._heap, (timer.deadline, next(self._counter), timer))
+            self._live += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="rxpool-timers", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is timer:
+                self._cond.notify()
+        return timer
+
+    def forget(self, timer: Timer) -> None:
+        """Cancel a timer: count it out, and compact the heap when it pays."""
+        with self._cond:
+            if timer.cancelled:
+                return  # fired, or cancelled before
+            timer.cancelled = True
+            self._live -= 1
+            if self._live <= 0:
+                self._heap.clear()
+                self._live = 0
+                self._cond.notify()
+            elif len(self._heap) > 64 and len(self._heap) > 2 * self._live:
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+
+    def _loop(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    heap = self._heap
+                    while heap and heap[0][2].cancelled:
+                        heapq.heappop(heap)
+                    if not heap:
+                        self._thread = None
+                        return
+                    wait = heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        timer = heapq.heappop(heap)[2]
+                        timer.cancelled = True  # fired: a late cancel() is a no-op
+                        self._live -= 1
+                        break
+                    cond.wait(wait)
+            try:
+                timer.callback()
+            except BaseException:
+                _log.exception("rxpool: a timer callback raised")
+
+
+_WATCHDOG: Final = _Watchdog()
+
+
+def call_later(
+    delay: float, callback: Callable[[], None], scheduler: abc.SchedulerBase | None
+) -> Timer:
+    """Call ``callback()`` after ``delay`` seconds: on the scheduler's clock if given."""
+    if scheduler is None:
+        return _WATCHDOG.call_later(delay, callback)
+    timer = Timer(0.0, callback)
+
+    def action(_scheduler: abc.SchedulerBase, _state: object = None) -> None:
+        if not timer.cancelled:
+            timer.cancelled = True
+            callback()
+
+    timer._disposable = scheduler.schedule_relative(delay, action)
+    return timer
