@@ -38,6 +38,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable, SingleAssignmentDisposable
+from reactivex.scheduler import VirtualTimeScheduler
 
 from ._exceptions import BufferOverflow, Cancelled, Dropped, JobTimeout
 from ._intake import Policy, PriorityBuffer, RateLimiter, evict
@@ -60,6 +61,7 @@ _MAX_BATCH: Final = 64
 
 _NOTHING: Final = object()
 _DEFERRED: Final = object()  # an outcome that comes later (retry) or came already (timeout)
+_RUNNING: Final = object()  # a timed attempt whose function runs and whose deadline is ahead
 
 
 class _Terminal:
@@ -110,6 +112,10 @@ class _Run(Generic[_T, _R]):
         self._release_slots = release_slots
         self._blocking = blocking
         self._scheduler = scheduler  # set when slots run on a reactivex scheduler
+        # Timers (timeouts, backoff, rate) follow a virtual clock; on any real
+        # clock the watchdog thread serves them (a same-thread scheduler would
+        # sleep in its trampoline until they are due).
+        self._virtual = scheduler if isinstance(scheduler, VirtualTimeScheduler) else None
         self._counters = counters if counters is not None else Counters()
         self._on_finished = on_finished
         self._limiter: RateLimiter | None = None
@@ -118,7 +124,6 @@ class _Run(Generic[_T, _R]):
             self._limiter = RateLimiter(policy.rate, policy.burst, self._clock())
         # Runs that must account for every item, or that defer outcomes, track them.
         self._tracked = policy.timeout is not None or policy.retry is not None
-        self._max_batch = 1 if policy.timeout is not None else _MAX_BATCH
 
         self._lock = RLock()
         self._space = Condition(self._lock)
@@ -126,7 +131,6 @@ class _Run(Generic[_T, _R]):
         self._iterator: Iterator[Any] | None = None
         self._buffer: deque[Any] | PriorityBuffer = deque()
         self._producers_waiting = 0
-        self._pushback: deque[Any] = deque()  # taken from the source, not yet numbered
         self._source_subscription = SingleAssignmentDisposable()
         self._source_done = False
         self._source_error: Exception | None = None
@@ -140,7 +144,10 @@ class _Run(Generic[_T, _R]):
         self._inflight: dict[int, Any] = {}  # tracked runs: seq -> item without an outcome
         self._retry_queue: deque[tuple[int, Any, int, list[BaseException]]] = deque()
         self._retry_waiting: dict[int, tuple[Any, Timer]] = {}
-        self._expired: set[tuple[int, int]] = set()  # (seq, attempt) delivered as timed out
+        # Timed attempts whose function runs, (seq, attempt) -> _RUNNING. The slot
+        # (the function returned) and the watchdog (the deadline passed) both
+        # pop the entry; the one that gets it reports the attempt.
+        self._timed: dict[tuple[int, int], object] = {}
         self._stopped = False  # no more work is taken or delivered
         self._disposed = False  # the observer must not hear from us again
         self._outbox: deque[Any] = deque()  # notifications waiting for the observer
@@ -150,7 +157,7 @@ class _Run(Generic[_T, _R]):
         self._token_link: abc.DisposableBase | None = None
 
     def _clock(self) -> Callable[[], float]:
-        scheduler = self._scheduler
+        scheduler = self._virtual
         if scheduler is None:
             return _monotonic
         epoch = scheduler.now
@@ -185,10 +192,6 @@ class _Run(Generic[_T, _R]):
     def _admit(self, item: Any) -> Any:
         """Check one item from the source; raise TypeError to end the intake."""
         return item
-
-    def _alone(self, item: Any) -> bool:
-        """True if the item must run in a batch of its own (it has a timeout)."""
-        return False
 
     def _on_source_next(self, item: Any) -> None:
         try:
@@ -265,7 +268,7 @@ class _Run(Generic[_T, _R]):
 
     def _queued(self) -> int:
         """Items ready to be taken without pulling the source (under ``_lock``)."""
-        return len(self._buffer) + len(self._pushback) + len(self._retry_queue)
+        return len(self._buffer) + len(self._retry_queue)
 
     def _kick(self) -> None:
         with self._lock:
@@ -308,7 +311,7 @@ class _Run(Generic[_T, _R]):
                 began = _perf_counter()
                 outcome = self._execute(first, items, retry_state)
                 if (_perf_counter() - began) < _FAST_JOB * len(items):
-                    batch = min(batch * 2, self._max_batch)
+                    batch = min(batch * 2, _MAX_BATCH)
                 else:
                     batch = 1
                 self._deliver(first, *outcome)
@@ -347,12 +350,7 @@ class _Run(Generic[_T, _R]):
                     self._active -= 1
                     return None
                 pop = buffer.popleft
-                items = [pop()]
-                if not self._alone(items[0]):
-                    while len(items) < n and not self._alone(buffer[0]):
-                        items.append(pop())
-                if self._limiter is not None and len(items) < n:
-                    self._limiter.give_back(n - len(items))
+                items = [pop() for _ in range(n)]
                 if self._producers_waiting:
                     self._space.notify()
                 return self._register(items)
@@ -360,12 +358,6 @@ class _Run(Generic[_T, _R]):
         with self._pull_lock:
             with self._lock:
                 room = self._room(want)
-                if room > 0 and self._pushback:
-                    # A job pulled with an earlier batch that must run alone; it
-                    # is numbered under the pull lock, so input order holds.
-                    if self._limiter is not None and not self._limiter.take(1):
-                        return self._wait_for_rate()
-                    return self._register([self._pushback.popleft()])
                 if room <= 0 or self._source_done:
                     if room <= 0 and not self._source_done:
                         self._window_blocked = True
@@ -382,13 +374,7 @@ class _Run(Generic[_T, _R]):
             failure: Exception | None = None
             try:
                 for _ in range(room):
-                    item = self._admit(next(iterator))
-                    if items and self._alone(item):
-                        self._pushback.append(item)  # it runs alone, in the next batch
-                        break
-                    items.append(item)
-                    if self._alone(item):
-                        break
+                    items.append(self._admit(next(iterator)))
             except StopIteration:
                 exhausted = True
             except Exception as error:  # the source raised, or gave a non-Job
@@ -422,10 +408,10 @@ class _Run(Generic[_T, _R]):
         if self._scheduler is None:
             return delay
         self._active -= 1
-        self._scheduler.schedule_relative(delay, self._rate_timer)
+        call_later(delay, self._rate_timer, self._virtual)
         return None
 
-    def _rate_timer(self, _scheduler: abc.SchedulerBase, _state: object = None) -> None:
+    def _rate_timer(self) -> None:
         with self._lock:
             self._rate_waiter = False
         self._kick()
@@ -454,20 +440,57 @@ class _Run(Generic[_T, _R]):
         """Run a batch: ``(outcomes, fatal error or None, any outcome deferred)``."""
         raise NotImplementedError
 
-    def _run_one(self, seq: int, item: Any, attempt: int, errors: list[BaseException]) -> Any:
-        """One attempt at one item, with its timeout and retry policy (the careful path)."""
+    def _run_careful(
+        self, first: int, items: list[Any], retry_state: Any
+    ) -> tuple[list[Any], Exception | None, bool]:
+        """Run a batch whose items may time out or be retried, one attempt each.
+
+        The batch goes through a `_Cursor`, so that when one item times out the
+        watchdog can hand the items not yet started to other slots instead of
+        leaving them behind a function that may never return.
+        """
+        attempt, errors = retry_state if retry_state is not None else (1, [])
+        cursor = _Cursor(items) if len(items) > 1 else None
+        outcomes: list[Any] = []
+        deferred = False
+        for index, item in enumerate(items):
+            if cursor is not None and not cursor.claim(index):
+                outcomes.extend([_DEFERRED] * (len(items) - index))  # handed to other slots
+                return outcomes, None, True
+            if self._stopped:
+                break
+            outcome = self._run_one(first + index, item, attempt, errors, cursor)
+            if outcome is _DEFERRED:
+                deferred = True
+            else:
+                fatal = self._fatal(outcome)
+                if fatal is not None:
+                    return outcomes, fatal, deferred
+            outcomes.append(outcome)
+        return outcomes, None, deferred
+
+    def _run_one(
+        self,
+        seq: int,
+        item: Any,
+        attempt: int,
+        errors: list[BaseException],
+        cursor: _Cursor | None = None,
+    ) -> Any:
+        """One attempt at one item, with its timeout and retry policy."""
         timeout = self._timeout_of(item)
         token = self._token
         timer: Timer | None = None
         started = _monotonic()
+        key = (seq, attempt)
         if timeout is not None:
             if self._wants_token(item):
                 token = CancelToken(parent=self._token)
-            key = (seq, attempt)
+            self._timed[key] = _RUNNING
             timer = call_later(
                 timeout,
-                lambda: self._expire(key, item, errors, started, timeout, token),
-                self._scheduler,
+                lambda: self._expire(key, item, errors, started, timeout, token, cursor),
+                self._virtual,
             )
         error: Exception | None = None
         value: Any = None
@@ -480,11 +503,10 @@ class _Run(Generic[_T, _R]):
             timer.cancel()
             if token is not self._token:
                 token.detach()
-            with self._lock:
-                if (seq, attempt) in self._expired:
-                    self._expired.discard((seq, attempt))
-                    self._counters.add_abandoned(-1)
-                    return _DEFERRED  # its timeout was reported at the deadline
+            # dict.pop is atomic: the slot and the watchdog cannot both take _RUNNING.
+            if self._timed.pop(key, None) is not _RUNNING:
+                self._counters.add_abandoned(-1)
+                return _DEFERRED  # its timeout was reported at the deadline
         if error is None:
             return self._success(item, value, attempt, started, finished)
         return self._failure(seq, item, error, attempt, errors, started, finished)
@@ -521,7 +543,7 @@ class _Run(Generic[_T, _R]):
             if self._stopped:
                 return
             self._retry_waiting[seq] = (item, _PLACEHOLDER)
-        timer = call_later(delay, requeue, self._scheduler)
+        timer = call_later(delay, requeue, self._virtual)
         with self._lock:
             if seq in self._retry_waiting:
                 self._retry_waiting[seq] = (item, timer)
@@ -534,15 +556,25 @@ class _Run(Generic[_T, _R]):
         started: float,
         timeout: float,
         token: CancelToken,
+        cursor: _Cursor | None,
     ) -> None:
-        """The watchdog: a job ran past its timeout. Report it now; its slot stays busy."""
+        """The watchdog: a job ran past its timeout. Report it now; its slot stays busy.
+
+        The jobs behind it in its slot's batch, not yet started, go to the ready
+        queue (they keep their sequence numbers), so other slots run them.
+        """
         seq, attempt = key
         error = JobTimeout(f"job {self._describe(item)} ran past its timeout of {timeout:g}s")
         with self._lock:
-            if self._stopped or seq not in self._inflight or key in self._expired:
-                return
-            self._expired.add(key)
+            if self._timed.pop(key, None) is not _RUNNING:
+                return  # the function returned first
             self._counters.add_abandoned(1)
+            if self._stopped:
+                return  # nothing more is reported; the slot still counts it out
+            if cursor is not None:
+                first = seq - cursor.index_of_running
+                for index, rest in cursor.release():
+                    self._retry_queue.append((first + index, rest, 1, []))
             outcome = self._failure(seq, item, error, attempt, errors, started, _monotonic())
             if outcome is not _DEFERRED:
                 fatal = self._fatal(outcome)
@@ -552,6 +584,8 @@ class _Run(Generic[_T, _R]):
                     self._deliver(seq, [outcome], None, False)
         if token is not self._token:
             token.cancel(JobTimeout(str(error)))
+        if cursor is not None:
+            self._kick()
 
     def _timeout_of(self, item: Any) -> float | None:
         return self._policy.timeout
@@ -727,7 +761,6 @@ class _Run(Generic[_T, _R]):
     def _cancel_queued(self, error: Cancelled) -> None:
         """Give up items not yet started (under ``_lock``)."""
         self._buffer.clear()
-        self._pushback.clear()
         self._retry_queue.clear()
         for _, timer in self._retry_waiting.values():
             timer.cancel()
@@ -737,7 +770,6 @@ class _Run(Generic[_T, _R]):
         """Release what the run holds; called once, after ``_stopped`` is set."""
         with self._lock:
             self._buffer.clear()
-            self._pushback.clear()
             self._reorder.clear()
             self._retry_queue.clear()
             waiting = list(self._retry_waiting.values())
@@ -754,6 +786,34 @@ class _Run(Generic[_T, _R]):
             self._slots.close()
         if self._on_finished is not None:
             self._on_finished(self)
+
+
+class _Cursor:
+    """A batch being run by one slot; the watchdog may take back what it has not started."""
+
+    __slots__ = ("_end", "_lock", "index_of_running", "items")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self._lock = Lock()
+        self._end = len(items)
+        self.index_of_running = 0
+
+    def claim(self, index: int) -> bool:
+        """The slot is about to start ``items[index]``: False if it was handed away."""
+        with self._lock:
+            if index >= self._end:
+                return False
+            self.index_of_running = index
+            return True
+
+    def release(self) -> list[tuple[int, Any]]:
+        """Take back the items after the running one: ``(index, item)`` pairs."""
+        with self._lock:
+            start = self.index_of_running + 1
+            rest = [(index, self.items[index]) for index in range(start, self._end)]
+            self._end = start
+            return rest
 
 
 class _Placeholder:
@@ -810,15 +870,7 @@ class MapRun(_Run[_T, _R]):
         values: list[Any] = []
         append = values.append
         if self._tracked:
-            attempt, errors = retry_state if retry_state is not None else (1, [])
-            for offset, item in enumerate(items):
-                if self._stopped:
-                    break
-                outcome = self._run_one(first + offset, item, attempt, errors)
-                if type(outcome) is _Failure:
-                    return values, outcome.error, False
-                append(outcome)
-            return values, None, _DEFERRED in values
+            return self._run_careful(first, items, retry_state)
         fn = self._fn
         try:
             if self._pass_token:
@@ -866,9 +918,6 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             raise TypeError(f"jobs must be rxpool.Job instances, got {type(item).__name__}")
         return item
 
-    def _alone(self, item: Any) -> bool:
-        return item.timeout is not None
-
     def _enqueue(self, item: Any) -> None:
         buffer = self._buffer
         if item.priority and type(buffer) is deque:
@@ -895,37 +944,33 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         self, first: int, items: list[Any], retry_state: Any
     ) -> tuple[list[Any], Exception | None, bool]:
         policy = self._policy
-        careful = policy.timeout is not None or policy.retry is not None
+        if (
+            retry_state is not None
+            or policy.timeout is not None
+            or policy.retry is not None
+            or any(job.timeout is not None or job.retry is not None for job in items)
+        ):
+            return self._run_careful(first, items, retry_state)
         fail_fast = policy.fail_fast
         token = self._token
         results: list[Any] = []
         append = results.append
-        deferred = False
-        attempt, errors = retry_state if retry_state is not None else (1, [])
-        for offset, job in enumerate(items):
+        for job in items:
             if self._stopped:
                 break
-            if careful or job.timeout is not None or job.retry is not None:
-                result = self._run_one(first + offset, job, attempt, errors)
-                if result is _DEFERRED:
-                    deferred = True
-                    append(result)
-                    continue
-            else:
-                started = _monotonic()
-                try:
-                    if job.wants_token:
-                        value = job.fn(*job.args, token=token, **job.kwargs)
-                    else:
-                        value = job.fn(*job.args, **job.kwargs)
-                except Exception as error:
-                    result = Result(None, error, job.descriptor, 1, started, _monotonic())
+            started = _monotonic()
+            try:
+                if job.wants_token:
+                    value = job.fn(*job.args, token=token, **job.kwargs)
                 else:
-                    result = Result(value, None, job.descriptor, 1, started, _monotonic())
-            if fail_fast and result.error is not None:
-                return results, result.error, deferred  # errgroup: the error, not its Result
-            append(result)
-        return results, None, deferred
+                    value = job.fn(*job.args, **job.kwargs)
+            except Exception as error:
+                if fail_fast:
+                    return results, error, False  # errgroup: the error, not its Result
+                append(Result(None, error, job.descriptor, 1, started, _monotonic()))
+            else:
+                append(Result(value, None, job.descriptor, 1, started, _monotonic()))
+        return results, None, False
 
     def _timeout_of(self, item: Any) -> float | None:
         return item.timeout if item.timeout is not None else self._policy.timeout
@@ -961,7 +1006,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         def cancelled(job: Job[Any]) -> Result[Any]:
             return Result(None, _copy(error), job.descriptor, 1, now, now)
 
-        fresh = [cancelled(job) for job in (*self._pushback, *self._buffer)]
+        fresh = [cancelled(job) for job in self._buffer]
         waiting = [seq for seq, *_ in self._retry_queue] + list(self._retry_waiting)
         numbered = {seq: cancelled(self._inflight.pop(seq)) for seq in waiting}
         self._pending -= len(numbered)
@@ -990,7 +1035,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             undelivered = dict(zip(self._inflight, cancelled(self._inflight.values()), strict=True))
             undelivered.update(self._reorder)
             self._outbox.extend(undelivered[seq] for seq in sorted(undelivered))
-            self._outbox.extend(cancelled([*self._pushback, *self._buffer]))
+            self._outbox.extend(cancelled(self._buffer))
             self._inflight.clear()
             self._terminate(None)
         self._token.cancel(parent.new_error())

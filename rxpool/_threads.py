@@ -51,17 +51,16 @@ class ThreadRunner:
                 return
             if self._starting:
                 return  # a thread on its way up starts the next ones
-            thread = self._new_thread()
-        thread.start()
+            self._start_thread()
 
-    def _new_thread(self) -> threading.Thread:
-        """A thread to start (under ``_cond``)."""
+    def _start_thread(self) -> None:
+        """Start a thread (under ``_cond``: `join` never sees one not yet started)."""
         thread = threading.Thread(
             target=self._work, name=f"rxpool-worker-{next(_names)}", daemon=True
         )
-        self._threads.add(thread)
         self._starting += 1
-        return thread
+        thread.start()  # returns once the thread runs, before it needs ``_cond``
+        self._threads.add(thread)
 
     def _work(self) -> None:
         cond = self._cond
@@ -69,9 +68,8 @@ class ThreadRunner:
             self._starting -= 1
             # Tasks not covered by idle threads, threads starting, or this one.
             deficit = len(self._tasks) - self._idle - self._starting - 1
-            children = [self._new_thread() for _ in range(min(2, max(0, deficit)))]
-        for child in children:
-            child.start()
+            for _ in range(min(2, max(0, deficit))):
+                self._start_thread()
         while True:
             with cond:
                 while not self._tasks:

@@ -13,6 +13,7 @@ from typing import Final
 from reactivex import abc
 
 _log: Final = logging.getLogger("rxpool")
+_LINGER: Final = 0.25
 
 
 class Timer:
@@ -42,7 +43,8 @@ class _Watchdog:
 
     Cancelled timers are removed lazily; the heap is rebuilt when they
     outnumber the live ones, so it stays proportional to the timers pending.
-    The thread exits when no live timer is left.
+    The thread exits when no timer has been pending for ``_LINGER`` seconds
+    (a run of short jobs with timeouts would otherwise start one per job).
     """
 
     def __init__(self) -> None:
@@ -90,8 +92,10 @@ class _Watchdog:
                     while heap and heap[0][2].cancelled:
                         heapq.heappop(heap)
                     if not heap:
-                        self._thread = None
-                        return
+                        if not cond.wait(_LINGER) and not self._heap:
+                            self._thread = None
+                            return
+                        continue
                     wait = heap[0][0] - time.monotonic()
                     if wait <= 0:
                         timer = heapq.heappop(heap)[2]

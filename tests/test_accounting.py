@@ -2,7 +2,8 @@
 
 Every job taken from the source yields exactly one Result (unless the subscriber
 disposed), no id appears twice, nothing follows a terminal notification or a
-dispose, the terminal notification comes at most once, and the bound holds.
+dispose, the terminal notification comes at most once, and the bound holds,
+also with jobs that time out (and keep running) and jobs that are retried.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rxpool import Cancelled, CancelToken, Job, Result, WorkerPool
+from rxpool import Cancelled, CancelToken, Job, JobTimeout, Result, Retry, WorkerPool
 
 from ._helpers import wait_until
 
@@ -26,16 +27,23 @@ class Probe:
         self.lock = threading.Lock()
         self.running = 0
         self.high_water = 0
+        self.calls: dict[int, int] = {}
 
-    def job(self, kind: str, token: CancelToken) -> str:
+    def job(self, i: int, kind: str, token: CancelToken) -> str:
         with self.lock:
             self.running += 1
             self.high_water = max(self.high_water, self.running)
+            self.calls[i] = self.calls.get(i, 0) + 1
+            first_call = self.calls[i] == 1
         try:
             if kind == "err":
                 raise ValueError(kind)
             if kind == "slow":
                 token.wait(0.003)
+            if kind == "hang":
+                token.wait(0.2)  # past its timeout; stops when its token is cancelled
+            if kind == "flaky" and first_call:
+                raise ConnectionError(kind)
             return kind
         finally:
             with self.lock:
@@ -48,7 +56,7 @@ class Probe:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(
-    kinds=st.lists(st.sampled_from(["ok", "err", "slow"]), max_size=60),
+    kinds=st.lists(st.sampled_from(["ok", "err", "slow", "hang", "flaky"]), max_size=60),
     workers=st.integers(1, 6),
     ordered=st.booleans(),
     stop=st.sampled_from(STOPS),
@@ -63,7 +71,13 @@ def test_every_job_taken_yields_one_result(
     def source() -> Iterator[Job[str]]:
         for i, kind in enumerate(kinds):
             pulled.append(i)
-            yield Job(probe.job, args=(kind,), id=i)
+            yield Job(
+                probe.job,
+                args=(i, kind),
+                id=i,
+                timeout=0.01 if kind == "hang" else None,
+                retry=Retry(2, backoff=0.001) if kind == "flaky" else None,
+            )
 
     token = CancelToken()
     results: list[Result[str]] = []
@@ -138,8 +152,11 @@ def test_every_job_taken_yields_one_result(
                 assert stop != "none"
             elif kind == "err":
                 assert isinstance(r.error, ValueError)
+            elif kind == "hang":
+                assert isinstance(r.error, JobTimeout)
             else:
                 assert r.value == kind
+                assert r.attempt == (2 if kind == "flaky" else 1)
         if ordered and stop == "none":
             assert ids == list(range(len(kinds)))
     else:

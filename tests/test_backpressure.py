@@ -64,9 +64,10 @@ def test_overflow_policies_account_for_every_job(
             buffer_size=buffer_size,
             overflow=policy,  # type: ignore[arg-type]
         ).subscribe(rec.on_next, rec.on_error, rec.on_completed)
-        for job in jobs[:workers]:
-            subject.on_next(job)
-        assert gate.wait_running(workers)  # the first jobs run; the rest wait in the buffer
+        for running, job in enumerate(jobs[:workers], start=1):
+            subject.on_next(job)  # one at a time: a buffer of 1 could overflow otherwise
+            assert gate.wait_running(running)
+        # The first jobs run; the rest wait in the buffer or overflow it.
         for job in jobs[workers:]:
             subject.on_next(job)
         gate.open()
