@@ -55,8 +55,9 @@ _R = TypeVar("_R")
 _monotonic = time.monotonic
 _perf_counter = time.perf_counter
 
-# A batch whose jobs average below this many seconds doubles the next batch.
-_FAST_JOB: Final = 50e-6
+# A batch whose jobs average below this many seconds (wall clock, so a GIL switch
+# of 5 ms inside a batch of 64 still counts as fast) doubles the next batch.
+_FAST_JOB: Final = 200e-6
 _MAX_BATCH: Final = 64
 
 _NOTHING: Final = object()
@@ -120,8 +121,9 @@ class _Run(Generic[_T, _R]):
         self._on_finished = on_finished
         self._limiter: RateLimiter | None = None
         self._rate_waiter = False  # one slot (or timer) waits for the next rate token
+        self._now = self._clock()
         if policy.rate is not None:
-            self._limiter = RateLimiter(policy.rate, policy.burst, self._clock())
+            self._limiter = RateLimiter(policy.rate, policy.burst, self._now)
         # Runs that must account for every item, or that defer outcomes, track them.
         self._tracked = policy.timeout is not None or policy.retry is not None
 
@@ -155,6 +157,10 @@ class _Run(Generic[_T, _R]):
 
         self._token = CancelToken(parent=parent_token)
         self._token_link: abc.DisposableBase | None = None
+
+    def _clock_now(self) -> float:
+        """Now, on the clock timers use (the virtual one on a virtual-time scheduler)."""
+        return self._now()
 
     def _clock(self) -> Callable[[], float]:
         scheduler = self._virtual
@@ -445,29 +451,33 @@ class _Run(Generic[_T, _R]):
     ) -> tuple[list[Any], Exception | None, bool]:
         """Run a batch whose items may time out or be retried, one attempt each.
 
-        The batch goes through a `_Cursor`, so that when one item times out the
-        watchdog can hand the items not yet started to other slots instead of
-        leaving them behind a function that may never return.
+        The batch goes through a `_Cursor`: it holds the running item's deadline
+        for the watchdog (one timer per batch, not per job), and lets the
+        watchdog hand the items not yet started to other slots when one times
+        out, instead of leaving them behind a function that may never return.
         """
         attempt, errors = retry_state if retry_state is not None else (1, [])
-        cursor = _Cursor(items) if len(items) > 1 else None
+        cursor = _Cursor(self, first, items)
         outcomes: list[Any] = []
         deferred = False
-        for index, item in enumerate(items):
-            if cursor is not None and not cursor.claim(index):
-                outcomes.extend([_DEFERRED] * (len(items) - index))  # handed to other slots
-                return outcomes, None, True
-            if self._stopped:
-                break
-            outcome = self._run_one(first + index, item, attempt, errors, cursor)
-            if outcome is _DEFERRED:
-                deferred = True
-            else:
-                fatal = self._fatal(outcome)
-                if fatal is not None:
-                    return outcomes, fatal, deferred
-            outcomes.append(outcome)
-        return outcomes, None, deferred
+        try:
+            for index, item in enumerate(items):
+                if not cursor.claim(index):
+                    outcomes.extend([_DEFERRED] * (len(items) - index))  # handed away
+                    return outcomes, None, True
+                if self._stopped:
+                    break
+                outcome = self._run_one(first + index, item, attempt, errors, cursor)
+                if outcome is _DEFERRED:
+                    deferred = True
+                else:
+                    fatal = self._fatal(outcome)
+                    if fatal is not None:
+                        return outcomes, fatal, deferred
+                outcomes.append(outcome)
+            return outcomes, None, deferred
+        finally:
+            cursor.close()
 
     def _run_one(
         self,
@@ -475,23 +485,18 @@ class _Run(Generic[_T, _R]):
         item: Any,
         attempt: int,
         errors: list[BaseException],
-        cursor: _Cursor | None = None,
+        cursor: _Cursor,
     ) -> Any:
         """One attempt at one item, with its timeout and retry policy."""
         timeout = self._timeout_of(item)
         token = self._token
-        timer: Timer | None = None
         started = _monotonic()
         key = (seq, attempt)
         if timeout is not None:
             if self._wants_token(item):
-                token = CancelToken(parent=self._token)
+                token = cursor.job_token()
             self._timed[key] = _RUNNING
-            timer = call_later(
-                timeout,
-                lambda: self._expire(key, item, errors, started, timeout, token, cursor),
-                self._virtual,
-            )
+            cursor.arm(key, item, errors, started, timeout, token)
         error: Exception | None = None
         value: Any = None
         try:
@@ -499,10 +504,8 @@ class _Run(Generic[_T, _R]):
         except Exception as raised:
             error = raised
         finished = _monotonic()
-        if timer is not None:
-            timer.cancel()
-            if token is not self._token:
-                token.detach()
+        if timeout is not None:
+            cursor.disarm()
             # dict.pop is atomic: the slot and the watchdog cannot both take _RUNNING.
             if self._timed.pop(key, None) is not _RUNNING:
                 self._counters.add_abandoned(-1)
@@ -548,43 +551,37 @@ class _Run(Generic[_T, _R]):
             if seq in self._retry_waiting:
                 self._retry_waiting[seq] = (item, timer)
 
-    def _expire(
-        self,
-        key: tuple[int, int],
-        item: Any,
-        errors: list[BaseException],
-        started: float,
-        timeout: float,
-        token: CancelToken,
-        cursor: _Cursor | None,
-    ) -> None:
+    def _expire(self, cursor: _Cursor, running: _Running) -> None:
         """The watchdog: a job ran past its timeout. Report it now; its slot stays busy.
 
         The jobs behind it in its slot's batch, not yet started, go to the ready
         queue (they keep their sequence numbers), so other slots run them.
         """
-        seq, attempt = key
-        error = JobTimeout(f"job {self._describe(item)} ran past its timeout of {timeout:g}s")
+        seq, attempt = running.key
+        item = running.item
+        error = JobTimeout(
+            f"job {self._describe(item)} ran past its timeout of {running.timeout:g}s"
+        )
         with self._lock:
-            if self._timed.pop(key, None) is not _RUNNING:
+            if self._timed.pop(running.key, None) is not _RUNNING:
                 return  # the function returned first
             self._counters.add_abandoned(1)
             if self._stopped:
                 return  # nothing more is reported; the slot still counts it out
-            if cursor is not None:
-                first = seq - cursor.index_of_running
-                for index, rest in cursor.release():
-                    self._retry_queue.append((first + index, rest, 1, []))
-            outcome = self._failure(seq, item, error, attempt, errors, started, _monotonic())
+            released = cursor.release()
+            self._retry_queue.extend((seq_, rest, 1, []) for seq_, rest in released)
+            outcome = self._failure(
+                seq, item, error, attempt, running.errors, running.started, _monotonic()
+            )
             if outcome is not _DEFERRED:
                 fatal = self._fatal(outcome)
                 if fatal is not None:
                     self._fail(fatal)
                 else:
                     self._deliver(seq, [outcome], None, False)
-        if token is not self._token:
-            token.cancel(JobTimeout(str(error)))
-        if cursor is not None:
+        if running.token is not self._token:
+            running.token.cancel(JobTimeout(str(error)))
+        if released:
             self._kick()
 
     def _timeout_of(self, item: Any) -> float | None:
@@ -788,32 +785,125 @@ class _Run(Generic[_T, _R]):
             self._on_finished(self)
 
 
+class _Running:
+    """The timed attempt a slot is running: what the watchdog needs to report it."""
+
+    __slots__ = ("deadline", "errors", "item", "key", "started", "timeout", "token")
+
+    def __init__(
+        self,
+        key: tuple[int, int],
+        item: Any,
+        errors: list[BaseException],
+        started: float,
+        timeout: float,
+        token: CancelToken,
+    ) -> None:
+        self.key = key
+        self.item = item
+        self.errors = errors
+        self.started = started
+        self.timeout = timeout
+        self.token = token
+        self.deadline = started + timeout
+
+
 class _Cursor:
-    """A batch being run by one slot; the watchdog may take back what it has not started."""
+    """A batch being run by one slot, as the watchdog sees it.
 
-    __slots__ = ("_end", "_lock", "index_of_running", "items")
+    It holds the running attempt's deadline and one watchdog timer for the
+    whole batch: the timer fires at the earliest deadline armed, and then
+    expires the attempt running, or re-arms for its later deadline. The
+    watchdog may also take back the items not started yet. A job token made
+    for the batch's cooperative jobs is reused until a timeout cancels it.
+    """
 
-    def __init__(self, items: list[Any]) -> None:
+    __slots__ = (
+        "_end",
+        "_lock",
+        "_run",
+        "_timer",
+        "first",
+        "index",
+        "items",
+        "running",
+        "token",
+    )
+
+    def __init__(self, run: _Run[Any, Any], first: int, items: list[Any]) -> None:
+        self._run = run
+        self.first = first
         self.items = items
         self._lock = Lock()
         self._end = len(items)
-        self.index_of_running = 0
+        self._timer: Timer | None = None
+        self.running: _Running | None = None
+        self.token: CancelToken | None = None
+        self.index = 0
 
     def claim(self, index: int) -> bool:
         """The slot is about to start ``items[index]``: False if it was handed away."""
         with self._lock:
             if index >= self._end:
                 return False
-            self.index_of_running = index
+            self.index = index
             return True
 
-    def release(self) -> list[tuple[int, Any]]:
-        """Take back the items after the running one: ``(index, item)`` pairs."""
+    def job_token(self) -> CancelToken:
+        token = self.token
+        if token is None or token.cancelled:
+            token = self.token = CancelToken(parent=self._run._token)
+        return token
+
+    def arm(
+        self,
+        key: tuple[int, int],
+        item: Any,
+        errors: list[BaseException],
+        started: float,
+        timeout: float,
+        token: CancelToken,
+    ) -> None:
+        running = _Running(key, item, errors, started, timeout, token)
         with self._lock:
-            start = self.index_of_running + 1
-            rest = [(index, self.items[index]) for index in range(start, self._end)]
+            self.running = running
+            if self._timer is None:
+                self._timer = call_later(timeout, self._fire, self._run._virtual)
+
+    def disarm(self) -> None:
+        with self._lock:
+            self.running = None
+
+    def _fire(self) -> None:
+        """The watchdog's callback: expire the running attempt, or wait for its deadline."""
+        with self._lock:
+            self._timer = None
+            running = self.running
+            if running is None:
+                return
+            now = self._run._clock_now()
+            if now < running.deadline:
+                self._timer = call_later(running.deadline - now, self._fire, self._run._virtual)
+                return
+        self._run._expire(self, running)
+
+    def release(self) -> list[tuple[int, Any]]:
+        """Take back the items after the running one: ``(seq, item)`` pairs."""
+        with self._lock:
+            start = self.index + 1
+            rest = [(self.first + i, self.items[i]) for i in range(start, self._end)]
             self._end = start
             return rest
+
+    def close(self) -> None:
+        """The batch is over: cancel its timer, let go of its token."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+            self.running = None
+        if timer is not None:
+            timer.cancel()
+        if self.token is not None:
+            self.token.detach()
 
 
 class _Placeholder:

@@ -21,6 +21,10 @@ from ._token import CancelToken
 
 __all__ = ["WorkerPool"]
 
+# Threads beyond ``workers`` (started while a disposed run winds down, or for
+# concurrent runs) wait this long for work before they exit.
+POOL_LINGER = 1.0
+
 
 class _State(enum.Enum):
     OPEN = "open"
@@ -36,7 +40,8 @@ class WorkerPool:
     at `close` (as a `ThreadPoolExecutor`'s do at ``shutdown``). Concurrent runs
     each get their own ``workers`` slots, so a run whose source is another
     run's output can never deadlock waiting for threads its upstream holds;
-    the pool then has up to ``workers`` threads per concurrent run.
+    the pool keeps ``workers`` threads, and extra ones exit after a second
+    without work.
 
     Example:
         >>> with WorkerPool(8) as pool:
@@ -57,7 +62,7 @@ class WorkerPool:
         self._workers = check_count("workers", workers)
         check_scheduler(scheduler)
         self._scheduler = scheduler
-        self._runner = ThreadRunner(None) if scheduler is None else None
+        self._runner = ThreadRunner(POOL_LINGER, keep=workers) if scheduler is None else None
         self._state = _State.OPEN
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when the last run ends

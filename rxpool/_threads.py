@@ -21,10 +21,10 @@ class ThreadRunner:
 
     A slot loop is a long-lived task (it drains jobs until there are none), so
     there is no queue of jobs here, only of slot loops. A thread that finishes
-    a task waits ``linger`` seconds for another before it exits (for ever when
-    ``linger`` is None); after `close` it exits at once when idle. ``spawn``
-    still works after `close`, so runs in progress can finish; the owner
-    refuses new runs.
+    a task waits for another: for ever while no more than ``keep`` threads
+    are alive, else ``linger`` seconds before it exits. After `close` idle
+    threads exit at once. ``spawn`` still works after `close`, so runs in
+    progress can finish; the owner refuses new runs.
 
     Threads start as a tree: `spawn` starts at most one thread, and each new
     thread starts up to two more before it takes a task, while tasks are
@@ -32,15 +32,25 @@ class ThreadRunner:
     last slot of a wide run starts after about log2(N) starts, not N.
     """
 
-    __slots__ = ("_closed", "_cond", "_idle", "_linger", "_starting", "_tasks", "_threads")
+    __slots__ = (
+        "_closed",
+        "_cond",
+        "_idle",
+        "_keep",
+        "_linger",
+        "_starting",
+        "_tasks",
+        "_threads",
+    )
 
-    def __init__(self, linger: float | None) -> None:
+    def __init__(self, linger: float, keep: int = 0) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._tasks: deque[Callable[[], None]] = deque()
         self._idle = 0
         self._starting = 0  # threads started that have not yet looked for a task
         self._threads: set[threading.Thread] = set()
         self._linger = linger
+        self._keep = keep
         self._closed = False
 
     def spawn(self, task: Callable[[], None]) -> None:
@@ -77,9 +87,10 @@ class ThreadRunner:
                         self._threads.discard(threading.current_thread())
                         return
                     self._idle += 1
-                    woken = cond.wait(self._linger)
+                    spare = len(self._threads) > self._keep
+                    woken = cond.wait(self._linger if spare else None)
                     self._idle -= 1
-                    if not woken and not self._tasks:
+                    if not woken and not self._tasks and len(self._threads) > self._keep:
                         self._threads.discard(threading.current_thread())
                         return
                 task = self._tasks.popleft()

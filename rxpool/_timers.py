@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class _Watchdog:
         self._counter = itertools.count()
         self._live = 0
         self._thread: threading.Thread | None = None
+        self._sleeping_until = math.inf  # the deadline the thread waits for
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(time.monotonic() + delay, callback)
@@ -64,8 +66,8 @@ class _Watchdog:
                     target=self._loop, name="rxpool-timers", daemon=True
                 )
                 self._thread.start()
-            elif self._heap[0][2] is timer:
-                self._cond.notify()
+            elif timer.deadline < self._sleeping_until:
+                self._cond.notify()  # it must wake earlier than planned
         return timer
 
     def forget(self, timer: Timer) -> None:
@@ -75,11 +77,14 @@ class _Watchdog:
                 return  # fired, or cancelled before
             timer.cancelled = True
             self._live -= 1
-            if self._live <= 0:
+            if self._live == 0:
+                # Nothing pending: wake the thread, so it lingers and exits
+                # instead of sleeping until a cancelled deadline.
                 self._heap.clear()
-                self._live = 0
                 self._cond.notify()
             elif len(self._heap) > 64 and len(self._heap) > 2 * self._live:
+                # Cancelled timers are found when the thread wakes; compact
+                # them once they outnumber the live ones.
                 self._heap = [entry for entry in self._heap if not entry[2].cancelled]
                 heapq.heapify(self._heap)
 
@@ -92,6 +97,7 @@ class _Watchdog:
                     while heap and heap[0][2].cancelled:
                         heapq.heappop(heap)
                     if not heap:
+                        self._sleeping_until = math.inf
                         if not cond.wait(_LINGER) and not self._heap:
                             self._thread = None
                             return
@@ -102,6 +108,7 @@ class _Watchdog:
                         timer.cancelled = True  # fired: a late cancel() is a no-op
                         self._live -= 1
                         break
+                    self._sleeping_until = heap[0][0]
                     cond.wait(wait)
             try:
                 timer.callback()

@@ -172,9 +172,7 @@ def test_retry_until_success_records_attempts() -> None:
 def test_final_failure_chains_earlier_errors() -> None:
     flaky = Flaky(10)
     with WorkerPool(2) as pool:
-        (result,) = (
-            pool.run([Job(flaky)], retry=Retry(3, backoff=0.001)).pipe(ops.to_list()).run()
-        )
+        (result,) = pool.run([Job(flaky)], retry=Retry(3, backoff=0.001)).pipe(ops.to_list()).run()
     assert result.attempt == 3 and not result.ok
     error = result.error
     assert isinstance(error, ConnectionError) and str(error) == "attempt 3"
