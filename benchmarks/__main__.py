@@ -40,6 +40,7 @@ class Sizes:
     rss_points: list[int]
     hot_items: int
     queue_points: list[int]
+    cancel_trials: int
     repeats: int
 
 
@@ -55,6 +56,7 @@ FULL = Sizes(
     rss_points=[10_000, 100_000, 1_000_000],
     hot_items=20_000,
     queue_points=[10_000, 50_000],
+    cancel_trials=200,
     repeats=5,
 )
 
@@ -70,6 +72,7 @@ TINY = Sizes(
     rss_points=[1_000, 10_000],
     hot_items=1_000,
     queue_points=[1_000],
+    cancel_trials=10,
     repeats=1,
 )
 
@@ -330,6 +333,75 @@ def queue_cost(report: Report) -> None:
     )
 
 
+def cancellation(report: Report) -> None:
+    """Latency from token cancel to the last emission, and from dispose to every job returned."""
+    import rxpool
+
+    trials = report.sizes.cancel_trials
+    workers = 8
+    latencies: dict[str, list[float]] = {"token cancel": [], "dispose": []}
+    with rxpool.WorkerPool(workers) as pool:
+        for _ in range(trials):
+            for kind, values in latencies.items():
+                values.append(_cancel_trial(pool, workers, kind == "dispose"))
+    rows = []
+    for kind, values in latencies.items():
+        values.sort()
+        p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+        rows.append(
+            [
+                kind,
+                str(len(values)),
+                f"{statistics.median(values) * 1000:.2f}",
+                f"{p99 * 1000:.2f}",
+                f"{values[-1] * 1000:.2f}",
+            ]
+        )
+        report.target(f"{kind} latency p99 (ms)", "<= 50", p99 * 1000, p99 <= 0.050)
+    report.section(
+        f"## 6. Cancellation latency ({workers} cooperative jobs running, each waiting on its"
+        " token)\n\nToken cancel: until the stream completes (every job taken has its"
+        " `Cancelled` result). Dispose: until every running job has returned.\n\n"
+        + table(["what", "trials", "p50 (ms)", "p99 (ms)", "max (ms)"], rows)
+    )
+
+
+def _cancel_trial(pool: Any, workers: int, dispose: bool) -> float:
+    """One trial: park ``workers`` cooperative jobs, stop the run, time the stop."""
+    import threading
+
+    import rxpool
+
+    running = threading.Semaphore(0)
+    returned = threading.Semaphore(0)
+    ended = threading.Event()
+
+    def cooperative(token: rxpool.CancelToken) -> None:
+        running.release()
+        token.wait(10)
+        returned.release()
+
+    token = rxpool.CancelToken()
+    jobs = (rxpool.Job(cooperative) for _ in range(workers * 4))
+    sub = pool.run(jobs, token=token).subscribe(
+        on_completed=ended.set, on_error=lambda _: ended.set()
+    )
+    for _ in range(workers):
+        running.acquire()
+    started = time.perf_counter()
+    if dispose:
+        sub.dispose()
+        for _ in range(workers):
+            returned.acquire()
+        return time.perf_counter() - started
+    token.cancel()
+    ended.wait()
+    latency = time.perf_counter() - started
+    for _ in range(workers):
+        returned.acquire()
+    return latency
+
+
 def _bind(contender: Contender, fn: Callable[[int], Any], n: int) -> Callable[[], int]:
     return lambda: contender.run(fn, n)
 
@@ -420,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     memory(report)
     hot_source(report)
     queue_cost(report)
+    cancellation(report)
     plots(report, args.output)
     command = "python -m benchmarks" + (" --tiny" if args.tiny else "")
     write(report, args.output, command)
