@@ -334,12 +334,13 @@ class _Run(Generic[_T, _R]):
         exit (``_active`` is decremented); or the seconds a thread slot should
         wait for the next rate token.
         """
-        with self._lock:
-            if self._retry_queue and not self._stopped:
-                if self._limiter is not None and not self._limiter.take(1):
-                    return self._wait_for_rate()
-                seq, item, attempt, errors = self._retry_queue.popleft()
-                return seq, [item], (attempt, errors)
+        if self._retry_queue:  # an unlocked peek: most runs never retry
+            with self._lock:
+                if self._retry_queue and not self._stopped:
+                    if self._limiter is not None and not self._limiter.take(1):
+                        return self._wait_for_rate()
+                    seq, item, attempt, errors = self._retry_queue.popleft()
+                    return seq, [item], (attempt, errors)
         iterator = self._iterator
         if iterator is None:
             with self._lock:

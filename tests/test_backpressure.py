@@ -43,7 +43,7 @@ class Recorder:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    policy=st.sampled_from(["drop_newest", "drop_oldest", "error"]),
+    policy=st.sampled_from(["block", "drop_newest", "drop_oldest", "error"]),
     buffer_size=st.integers(1, 4),
     workers=st.integers(1, 3),
     extra=st.integers(0, 6),
@@ -68,10 +68,24 @@ def test_overflow_policies_account_for_every_job(
             subject.on_next(job)  # one at a time: a buffer of 1 could overflow otherwise
             assert gate.wait_running(running)
         # The first jobs run; the rest wait in the buffer or overflow it.
-        for job in jobs[workers:]:
-            subject.on_next(job)
-        gate.open()
-        subject.on_completed()
+        if policy == "block":
+            # The producer's thread is held at the full buffer until workers free up.
+            def produce() -> None:
+                for job in jobs[workers:]:
+                    subject.on_next(job)
+                subject.on_completed()
+
+            producer = threading.Thread(target=produce)
+            producer.start()
+            producer.join(0.05 if extra else 5)
+            assert producer.is_alive() == (extra > 0)
+            gate.open()
+            producer.join(10)
+        else:
+            for job in jobs[workers:]:
+                subject.on_next(job)
+            gate.open()
+            subject.on_completed()
         assert rec.ended.wait(10)
 
     results: list[Result[Any]] = rec.values
