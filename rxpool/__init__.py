@@ -9,7 +9,7 @@ private modules (``rxpool._*``) so that helpers can be named freely.
 
 from __future__ import annotations
 
-from . import operators
+from . import bridges, operators
 from ._exceptions import (
     BufferOverflow,
     Cancelled,
@@ -23,6 +23,7 @@ from ._job import Job, JobDescriptor, Result
 from ._pool import WorkerPool
 from ._retry import Retry
 from ._token import CancelToken
+from .bridges import iterate
 
 __version__ = "0.1.0"
 
@@ -41,5 +42,7 @@ __all__ = [
     "RxPoolError",
     "WorkerPool",
     "__version__",
+    "bridges",
+    "iterate",
     "operators",
 ]

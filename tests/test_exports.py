@@ -22,6 +22,8 @@ def test_rxpool_all() -> None:
         "RxPoolError",
         "WorkerPool",
         "__version__",
+        "bridges",
+        "iterate",
         "operators",
     ]
     for name in rxpool.__all__:
@@ -30,6 +32,10 @@ def test_rxpool_all() -> None:
 
 def test_operators_all() -> None:
     assert rxpool.operators.__all__ == ["flat_map", "map_concurrent", "run_jobs"]
+
+
+def test_bridges_all() -> None:
+    assert rxpool.bridges.__all__ == ["iterate"]
 
 
 def test_exception_tree() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import _thread
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -380,7 +381,8 @@ def test_keyboard_interrupt_while_closing_cancels_pending(gate: Gate) -> None:
     for i in range(4):
         subject.on_next(Job(gate, args=(i,), id=i))
     assert gate.wait_running(1)
-    threading.Timer(0.1, _thread.interrupt_main).start()
+    # A real SIGINT, as Ctrl-C sends (it interrupts a blocking wait).
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         pool.close()  # the subject never completes: only Ctrl-C gets out
     assert wait_until(lambda: len(rec.values) == 3)
