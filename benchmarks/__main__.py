@@ -427,32 +427,50 @@ def plots(report: Report, out: Path) -> None:
     img = out / "img"
     img.mkdir(parents=True, exist_ok=True)
     scaling_data = report.data["scaling"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, values in scaling_data["series"].items():
-        ax.plot(scaling_data["workers"], values, marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("workers")
-    ax.set_ylabel("jobs/s (trivial jobs)")
-    ax.set_title("Throughput against workers")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(img / "throughput.png", dpi=110)
-    plt.close(fig)
-
+    _line_plot(
+        plt,
+        img / "throughput.png",
+        "Throughput against workers",
+        ("workers", "jobs/s (trivial jobs)"),
+        scaling_data["workers"],
+        scaling_data["series"],
+        log_y=False,
+    )
     rss = report.data["rss"]
+    _line_plot(
+        plt,
+        img / "rss.png",
+        "Peak RSS against jobs",
+        ("jobs (from a generator)", "peak RSS (MiB)"),
+        rss["points"],
+        rss["peaks"],
+        log_y=True,
+    )
+
+
+def _line_plot(
+    plt: Any,
+    path: Path,
+    title: str,
+    labels: tuple[str, str],
+    xs: list[int],
+    series: dict[str, list[float]],
+    *,
+    log_y: bool,
+) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, values in rss["peaks"].items():
-        ax.plot(rss["points"], values, marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("jobs (from a generator)")
-    ax.set_ylabel("peak RSS (MiB)")
-    ax.set_title("Peak RSS against jobs")
+    for name, values in series.items():
+        ax.plot(xs, values, marker="o", label=name)
+    ax.set_xscale("log", base=2 if not log_y else 10)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(img / "rss.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -497,7 +497,7 @@ class _Run(Generic[_T, _R]):
             if self._wants_token(item):
                 token = cursor.job_token()
             self._timed[key] = _RUNNING
-            cursor.arm(key, item, errors, started, timeout, token)
+            cursor.arm(_Running(key, item, errors, started, timeout, token))
         error: Exception | None = None
         value: Any = None
         try:
@@ -856,16 +856,9 @@ class _Cursor:
             token = self.token = CancelToken(parent=self._run._token)
         return token
 
-    def arm(
-        self,
-        key: tuple[int, int],
-        item: Any,
-        errors: list[BaseException],
-        started: float,
-        timeout: float,
-        token: CancelToken,
-    ) -> None:
-        running = _Running(key, item, errors, started, timeout, token)
+    def arm(self, running: _Running) -> None:
+        """The slot starts a timed attempt: make sure a timer covers its deadline."""
+        timeout = running.timeout
         with self._lock:
             self.running = running
             if self._timer is None:

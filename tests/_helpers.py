@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 
 def wait_until(predicate: object, timeout: float = 5.0) -> bool:
@@ -48,3 +49,26 @@ class Gate:
 
     def open(self) -> None:
         self.opened.set()
+
+
+class Recorder:
+    """An observer that records what it receives, with an event for the end."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.errors: list[Exception] = []
+        self.completed = threading.Event()
+        self.ended = threading.Event()
+        self.stamps: list[float] = []
+
+    def on_next(self, value: Any) -> None:
+        self.stamps.append(time.monotonic())
+        self.values.append(value)
+
+    def on_error(self, error: Exception) -> None:
+        self.errors.append(error)
+        self.ended.set()
+
+    def on_completed(self) -> None:
+        self.completed.set()
+        self.ended.set()

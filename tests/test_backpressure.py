@@ -19,26 +19,7 @@ from rxpool import BufferOverflow, Dropped, Job, Result, WorkerPool
 from rxpool import operators as rops
 from rxpool._intake import PriorityBuffer, RateLimiter
 
-from ._helpers import Gate, wait_until
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-        self.errors: list[Exception] = []
-        self.completed = threading.Event()
-        self.ended = threading.Event()
-
-    def on_next(self, value: Any) -> None:
-        self.values.append(value)
-
-    def on_error(self, error: Exception) -> None:
-        self.errors.append(error)
-        self.ended.set()
-
-    def on_completed(self) -> None:
-        self.completed.set()
-        self.ended.set()
+from ._helpers import Gate, Recorder, wait_until
 
 
 @settings(max_examples=40, deadline=None)
