@@ -154,6 +154,8 @@ class _Run(Generic[_T, _R]):
         self._disposed = False  # the observer must not hear from us again
         self._outbox: deque[Any] = deque()  # notifications waiting for the observer
         self._draining = False
+        self._pulling = False  # a slot is in next(iterator), outside the lock
+        self._terminal_deferred = False  # a cancel waits for that pull to end
 
         self._token = CancelToken(parent=parent_token)
         self._token_link: abc.DisposableBase | None = None
@@ -376,6 +378,7 @@ class _Run(Generic[_T, _R]):
                     room = self._limiter.take(room)
                     if room <= 0:
                         return self._wait_for_rate()
+                self._pulling = True
             items = []
             exhausted = False
             failure: Exception | None = None
@@ -387,11 +390,16 @@ class _Run(Generic[_T, _R]):
             except Exception as error:  # the source raised, or gave a non-Job
                 failure = error
             with self._lock:
+                self._pulling = False
                 if self._limiter is not None and len(items) < room:
                     self._limiter.give_back(room - len(items))
                 if exhausted or failure is not None:
                     self._source_done = True
                     self._source_error = failure
+                if self._terminal_deferred:
+                    self._taken_while_stopping(items)  # then the terminal notification
+                    self._active -= 1
+                    return None
                 if self._stopped or not items:
                     self._active -= 1
                     if failure is not None and not self._stopped:
@@ -403,6 +411,11 @@ class _Run(Generic[_T, _R]):
                 if failure is not None:
                     self._source_failed()
                 return taken
+
+    def _taken_while_stopping(self, items: list[Any]) -> None:
+        """Items pulled while the caller cancelled: report them, then end (under ``_lock``)."""
+        self._terminal_deferred = False
+        self._terminate(None)
 
     def _wait_for_rate(self) -> float | None:
         """Out of rate tokens (under ``_lock``): one waiter waits, other slots exit."""
@@ -1102,6 +1115,15 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             self._emit_all(numbered[seq] for seq in sorted(numbered))
         self._emit_all(fresh)
 
+    def _taken_while_stopping(self, items: list[Any]) -> None:
+        parent = self._token._parent
+        assert parent is not None
+        now = _monotonic()
+        self._outbox.extend(
+            Result(None, parent.new_error(), job.descriptor, 1, now, now) for job in items
+        )
+        super()._taken_while_stopping(items)
+
     def _cancel_from_caller(self) -> None:
         """The caller's token was cancelled: every job taken gets a Cancelled result, then done."""
         with self._lock:
@@ -1121,7 +1143,13 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             self._outbox.extend(undelivered[seq] for seq in sorted(undelivered))
             self._outbox.extend(cancelled(self._buffer))
             self._inflight.clear()
-            self._terminate(None)
+            if self._pulling:
+                # A slot is pulling jobs from the source right now: they are taken
+                # too, so it reports them and ends the stream when it returns.
+                self._terminal_deferred = True
+                self._drain()
+            else:
+                self._terminate(None)
         self._token.cancel(parent.new_error())
         self._finish()
 

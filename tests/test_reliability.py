@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -420,3 +421,28 @@ def test_bad_input(call: Any, exc: type[Exception], match: str) -> None:
 def test_close_bad_input() -> None:
     with WorkerPool(1) as pool, pytest.raises(TypeError, match="cancel_pending must be a bool"):
         pool.close(cancel_pending="yes")  # type: ignore[arg-type]
+
+
+def test_cancel_while_a_slot_pulls_the_source_still_reports_that_job(gate: Gate) -> None:
+    pulling = threading.Event()
+    release = threading.Event()
+
+    def source() -> Iterator[Job[Any]]:
+        yield Job(gate, args=("a",), id="a")
+        pulling.set()
+        assert release.wait(10)  # the second slot is inside next(), outside the run's lock
+        yield Job(gate, args=("b",), id="b")
+
+    token = CancelToken()
+    rec = Recorder()
+    with WorkerPool(2) as pool:
+        pool.run(source(), token=token).subscribe(rec.on_next, rec.on_error, rec.on_completed)
+        assert gate.wait_running(1) and pulling.wait(5)
+        token.cancel()
+        assert wait_until(lambda: len(rec.values) == 1)  # "a" at once
+        assert not rec.completed.is_set()  # "b" is being taken: the end waits for it
+        release.set()
+        assert rec.completed.wait(5)
+        gate.open()
+    assert sorted(r.id for r in rec.values) == ["a", "b"]
+    assert all(isinstance(r.error, Cancelled) for r in rec.values)
