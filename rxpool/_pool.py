@@ -110,7 +110,8 @@ class WorkerPool:
         jobs' token is cancelled and their threads return to the pool when the
         functions return. Cancelling ``token`` or its deadline passing gives each
         job taken and unfinished a `Cancelled` / `DeadlineExceeded` result at
-        once, then completes.
+        once, then completes. **Cost**: as `rxpool.operators.run_jobs`; memory
+        stays constant in the number of jobs of an iterable.
 
         Raises:
             PoolClosed: the pool is closed (also sent to ``on_error`` when a run

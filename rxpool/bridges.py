@@ -28,7 +28,8 @@ def iterate(source: Observable[_T], *, maxsize: int = 1024) -> Iterator[_T]:
     workers instead of growing memory). **Cancellation**: leaving the loop
     early (``break``, an exception, ``KeyboardInterrupt`` while it waits, or
     the generator being closed) disposes the subscription, which cancels the
-    run's token and starts no more jobs.
+    run's token and starts no more jobs. **Cost**: one lock round trip per
+    value, and at most ``maxsize`` values held.
 
     Args:
         source: Any Observable, e.g. `WorkerPool.run` or a piped operator.

@@ -195,7 +195,9 @@ def run_jobs(
     ``"block"`` blocks the producer's thread, ``"drop_newest"`` /
     ``"drop_oldest"`` give the dropped job a `Result` whose error is `Dropped`
     (emitted at once, also when ``ordered=True``), ``"error"`` ends the stream
-    with `BufferOverflow`.
+    with `BufferOverflow`. **Cost**: a few microseconds per job, one `Result`
+    each, no per-job future or scheduled action; jobs with a timeout or retry
+    policy take a slower path (one watchdog timer per batch of jobs).
 
     Args:
         max_concurrent: Maximum jobs running at once.
