@@ -556,14 +556,12 @@ class _Run(Generic[_T, _R]):
                 self._retry_queue.append((seq, item, attempt, errors))
             self._kick()
 
+        # Under the lock (as from _expire): the watchdog calls back outside its
+        # own lock, and a virtual-time scheduler never calls back synchronously.
         with self._lock:
             if self._stopped:
                 return
-            self._retry_waiting[seq] = (item, _PLACEHOLDER)
-        timer = call_later(delay, requeue, self._virtual)
-        with self._lock:
-            if seq in self._retry_waiting:
-                self._retry_waiting[seq] = (item, timer)
+            self._retry_waiting[seq] = (item, call_later(delay, requeue, self._virtual))
 
     def _expire(self, cursor: _Cursor, running: _Running) -> None:
         """The watchdog: a job ran past its timeout. Report it now; its slot stays busy.
@@ -911,16 +909,6 @@ class _Cursor:
             timer.cancel()
         if self.token is not None:
             self.token.detach()
-
-
-class _Placeholder:
-    """Stands for a retry timer between registering a wait and starting its timer."""
-
-    def cancel(self) -> None:
-        """Nothing to cancel yet; the requeue finds the wait gone."""
-
-
-_PLACEHOLDER: Final[Any] = _Placeholder()
 
 
 class _Failure:
