@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -14,8 +16,34 @@ from ._job import Job, Result
 from ._threads import SchedulerSlots, ThreadRunner, can_block
 from ._token import CancelToken
 
-# A run's own threads linger this long between bursts of a slow hot source.
-RUN_LINGER = 0.05
+# Idle threads of the process-wide cache that operator runs share exit after this long.
+SHARED_LINGER = 1.0
+_shared_lock = threading.Lock()
+_shared: ThreadRunner | None = None
+
+
+def shared_threads() -> ThreadRunner:
+    """The thread cache that operator runs without a scheduler or pool share.
+
+    Back-to-back runs (a service handling requests, a benchmark) reuse warm
+    threads instead of starting N new ones each time; a thread idle for
+    `SHARED_LINGER` seconds exits, so an idle process holds none.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ThreadRunner(SHARED_LINGER)
+        return _shared
+
+
+def _forget_shared_threads() -> None:
+    """In a forked child the parent's threads do not exist: start a new cache."""
+    global _shared, _shared_lock
+    _shared = None
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_shared_threads)
 
 
 class RunOwner(Protocol):
@@ -49,13 +77,12 @@ def choose_slots(
     if scheduler is not None:
         return {
             "slots": SchedulerSlots(scheduler),
-            "release_slots": False,
             "blocking": can_block(scheduler),
             "scheduler": scheduler,
         }
     if shared is not None:
-        return {"slots": shared, "release_slots": False, "blocking": True}
-    return {"slots": ThreadRunner(RUN_LINGER), "release_slots": True, "blocking": True}
+        return {"slots": shared, "blocking": True}
+    return {"slots": shared_threads(), "blocking": True}
 
 
 def job_observable(

@@ -97,7 +97,6 @@ class _Run(Generic[_T, _R]):
         policy: Policy,
         *,
         slots: Any,
-        release_slots: bool,
         blocking: bool,
         parent_token: CancelToken | None,
         scheduler: abc.SchedulerBase | None = None,
@@ -110,7 +109,6 @@ class _Run(Generic[_T, _R]):
         self._ordered = policy.ordered
         self._window = policy.window
         self._slots = slots
-        self._release_slots = release_slots
         self._blocking = blocking
         self._scheduler = scheduler  # set when slots run on a reactivex scheduler
         # Timers (timeouts, backoff, rate) follow a virtual clock; on any real
@@ -242,7 +240,7 @@ class _Run(Generic[_T, _R]):
         if dropped is not _NOTHING:
             self._dropped(dropped)
         if spawn:
-            self._spawn()
+            self._spawn(1)
 
     def _enqueue(self, item: Any) -> None:
         self._buffer.append(item)
@@ -291,15 +289,14 @@ class _Run(Generic[_T, _R]):
             if want <= 0:
                 return
             self._active += want
-        for _ in range(want):
-            self._spawn()
+        self._spawn(want)
 
-    def _spawn(self) -> None:
+    def _spawn(self, count: int) -> None:
         try:
-            self._slots.spawn(self._slot)
+            self._slots.spawn(self._slot, count)
         except BaseException as error:
             with self._lock:
-                self._active -= 1
+                self._active -= count
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
 
     def _slot(self) -> None:
@@ -791,8 +788,6 @@ class _Run(Generic[_T, _R]):
         if link is not None:
             link.dispose()
         self._token.detach()
-        if self._release_slots:
-            self._slots.close()
         if self._on_finished is not None:
             self._on_finished(self)
 

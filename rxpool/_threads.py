@@ -35,6 +35,7 @@ class ThreadRunner:
     __slots__ = (
         "_closed",
         "_cond",
+        "_generation",
         "_idle",
         "_keep",
         "_linger",
@@ -52,15 +53,17 @@ class ThreadRunner:
         self._linger = linger
         self._keep = keep
         self._closed = False
+        self._generation = 0  # bumped by `trim`: idle threads waiting on an older one exit
 
-    def spawn(self, task: Callable[[], None]) -> None:
+    def spawn(self, task: Callable[[], None], count: int = 1) -> None:
+        """Queue ``count`` runs of ``task``: idle threads take them, new threads the rest."""
         with self._cond:
-            self._tasks.append(task)
-            if self._idle >= len(self._tasks):
-                self._cond.notify()
-                return
-            if self._starting:
-                return  # a thread on its way up starts the next ones
+            self._tasks.extend(itertools.repeat(task, count))
+            # One lock round and one notify call for the lot: waking idle threads
+            # one spawn at a time makes each woken thread contend with the caller.
+            self._cond.notify(min(self._idle, count))
+            if len(self._tasks) <= self._idle or self._starting:
+                return  # idle threads cover it, or a thread on its way up starts more
             self._start_thread()
 
     def _start_thread(self) -> None:
@@ -88,9 +91,15 @@ class ThreadRunner:
                         return
                     self._idle += 1
                     spare = len(self._threads) > self._keep
+                    generation = self._generation
                     woken = cond.wait(self._linger if spare else None)
                     self._idle -= 1
-                    if not woken and not self._tasks and len(self._threads) > self._keep:
+                    trimmed = generation != self._generation
+                    if (
+                        (trimmed or not woken)
+                        and not self._tasks
+                        and len(self._threads) > self._keep
+                    ):
                         self._threads.discard(threading.current_thread())
                         return
                 task = self._tasks.popleft()
@@ -103,6 +112,12 @@ class ThreadRunner:
         """Let idle threads exit now and busy ones when their task returns."""
         with self._cond:
             self._closed = True
+            self._cond.notify_all()
+
+    def trim(self) -> None:
+        """Let the threads idle now beyond ``keep`` exit without waiting out ``linger``."""
+        with self._cond:
+            self._generation += 1
             self._cond.notify_all()
 
     def owns(self, thread: threading.Thread) -> bool:
@@ -135,14 +150,12 @@ class SchedulerSlots:
     def __init__(self, scheduler: abc.SchedulerBase) -> None:
         self._scheduler = scheduler
 
-    def spawn(self, task: Callable[[], None]) -> None:
+    def spawn(self, task: Callable[[], None], count: int = 1) -> None:
         def action(_scheduler: abc.SchedulerBase, _state: object = None) -> None:
             task()
 
-        self._scheduler.schedule(action)
-
-    def close(self) -> None:
-        """Nothing to release: the scheduler belongs to the caller."""
+        for _ in range(count):
+            self._scheduler.schedule(action)
 
 
 def can_block(scheduler: abc.SchedulerBase | None) -> bool:

@@ -230,3 +230,19 @@ def test_bad_input(
 ) -> None:
     with pytest.raises(exc, match=match):
         rops.map_concurrent(*args, **kwargs)
+
+
+def test_back_to_back_runs_reuse_threads_and_idle_ones_exit() -> None:
+    def thread_name(_: int) -> str:
+        return threading.current_thread().name
+
+    def names() -> set[str]:
+        out = reactivex.range(64).pipe(rops.map_concurrent(thread_name, 4), ops.to_list()).run()
+        return set(out)
+
+    first = names()
+    second = names()
+    assert len(first) <= 4
+    assert first & second  # warm threads from the cache serve the next run
+    # With nothing to do, the cache's threads exit by themselves after their idle timeout.
+    assert wait_until(lambda: not any(t.name in first for t in threading.enumerate()), timeout=5.0)
