@@ -23,7 +23,7 @@ from ._job import Job, JobDescriptor, Result
 from ._pool import WorkerPool
 from ._retry import Retry
 from ._token import CancelToken
-from .bridges import iterate
+from .bridges import aiter, gather, iterate, last
 
 __version__ = "0.1.0"
 
@@ -42,7 +42,10 @@ __all__ = [
     "RxPoolError",
     "WorkerPool",
     "__version__",
+    "aiter",
     "bridges",
+    "gather",
     "iterate",
+    "last",
     "operators",
 ]

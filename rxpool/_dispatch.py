@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import AsyncIterable, Generator, Iterable
+from typing import Any, Literal, Protocol, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.scheduler import NewThreadScheduler
+from reactivex.scheduler.eventloop import AsyncIOScheduler
 
+from ._aio import LoopSlots, LoopThread, running_loop
 from ._engine import Counters, JobRun, _Run
 from ._intake import Policy
 from ._job import Job, Result
 from ._threads import SchedulerSlots, ThreadRunner, can_block
 from ._token import CancelToken
+
+_T = TypeVar("_T")
 
 # Idle threads of the process-wide cache that operator runs share exit after this long.
 SHARED_LINGER = 1.0
@@ -56,62 +61,137 @@ class RunOwner(Protocol):
     def forget(self, run: _Run[Any, Any]) -> None: ...
 
 
+Backend = Literal["thread", "asyncio"]
+BACKENDS: tuple[str, ...] = ("thread", "asyncio")
+
+
+def check_backend(backend: object) -> Backend:
+    """The backend name, or a clear error at the call that gave it."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be one of {BACKENDS}, got {type(backend).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
 def choose_slots(
     explicit: abc.SchedulerBase | None,
     subscribe_time: abc.SchedulerBase | None,
     shared: ThreadRunner | None,
+    *,
+    backend: Backend | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+    needs_loop: bool = False,
 ) -> dict[str, Any]:
-    """Where a run's slot loops go: the explicit scheduler, the subscribe-time one, or threads.
+    """Where a run's slot loops go.
 
-    A plain `NewThreadScheduler` at subscribe time (what ``Observable.run()``
-    passes) means "other threads": rxpool's own reused threads serve that
-    without starting a thread per burst.
+    In order: an explicit scheduler; ``backend="asyncio"`` (tasks on ``loop``,
+    else on the loop running here, else on a private loop thread); the
+    subscribe-time scheduler; a run that ``needs_loop`` (an ``async def``
+    function, an async iterable source) as for ``"asyncio"``; else threads
+    (``shared``, the pool's, or the process-wide cache). An `AsyncIOScheduler`,
+    explicit or at subscribe time, means tasks on its loop: its ``schedule``
+    is not safe from worker threads. A plain `NewThreadScheduler` at
+    subscribe time (what ``Observable.run()`` passes) means "other threads":
+    rxpool's own reused threads serve that without a thread per burst.
     """
-    scheduler = explicit
-    if (
-        scheduler is None
-        and subscribe_time is not None
-        and type(subscribe_time) is not NewThreadScheduler
-    ):
-        scheduler = subscribe_time
-    if scheduler is not None:
-        return {
-            "slots": SchedulerSlots(scheduler),
-            "blocking": can_block(scheduler),
-            "scheduler": scheduler,
-        }
-    if shared is not None:
-        return {"slots": shared, "blocking": True}
-    return {"slots": shared_threads(), "blocking": True}
+    threads = shared if shared is not None else shared_threads()
+    here = running_loop()
+    if explicit is not None:
+        if isinstance(explicit, AsyncIOScheduler):
+            return _on_loop(_scheduler_loop(explicit), threads)
+        return _on_scheduler(explicit, here)
+    if backend == "asyncio":
+        return _on_loop(loop or here, threads)
+    if subscribe_time is not None and type(subscribe_time) is not NewThreadScheduler:
+        if isinstance(subscribe_time, AsyncIOScheduler):
+            return _on_loop(_scheduler_loop(subscribe_time), threads)
+        return _on_scheduler(subscribe_time, here)
+    if needs_loop:
+        return _on_loop(here, threads)
+    return {"slots": threads, "blocking": True, "loop": here}
+
+
+def _on_scheduler(
+    scheduler: abc.SchedulerBase, here: asyncio.AbstractEventLoop | None
+) -> dict[str, Any]:
+    return {
+        "slots": SchedulerSlots(scheduler),
+        "blocking": can_block(scheduler),
+        "scheduler": scheduler,
+        "loop": here,
+    }
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop | None, threads: ThreadRunner) -> dict[str, Any]:
+    owned = None
+    if loop is None or loop.is_closed():
+        owned = LoopThread()  # stopped once the run's slots are done
+        loop = owned.loop
+    # Producers may share the loop's thread: the block policy cannot block it.
+    return {"slots": LoopSlots(loop, threads, owned), "blocking": False}
+
+
+def _scheduler_loop(scheduler: AsyncIOScheduler) -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop = scheduler._loop
+    return loop
 
 
 def job_observable(
-    source: Observable[Job[Any]] | Iterable[Job[Any]],
+    source: Observable[Job[Any]] | Iterable[Job[Any]] | AsyncIterable[Job[Any]],
     policy: Policy,
     *,
     scheduler: abc.SchedulerBase | None,
     token: CancelToken | None,
     shared: ThreadRunner | None,
     owner: RunOwner | None = None,
+    backend: Backend | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> Observable[Result[Any]]:
-    """The cold Observable of one `JobRun` per subscription."""
+    """The cold Observable of one `JobRun` per subscription.
+
+    An async iterable source is awaited by slots on an event loop, so such a
+    run is always in loop mode (on ``loop``, the running one, or its own).
+    """
+    is_async_source = not isinstance(source, Observable | Iterable)
 
     def subscribe(
         observer: abc.ObserverBase[Result[Any]],
         subscribe_scheduler: abc.SchedulerBase | None = None,
     ) -> abc.DisposableBase:
+        if is_async_source:
+            explicit = scheduler if isinstance(scheduler, AsyncIOScheduler) else None
+            slots = choose_slots(explicit, None, shared, backend="asyncio", loop=loop)
+        else:
+            slots = choose_slots(scheduler, subscribe_scheduler, shared, backend=backend, loop=loop)
         run = JobRun(
             observer,
             policy,
             parent_token=token,
             counters=owner.counters if owner is not None else None,
             on_finished=owner.forget if owner is not None else None,
-            **choose_slots(scheduler, subscribe_scheduler, shared),
+            **slots,
         )
         if owner is not None:
             owner.adopt(run)  # raises PoolClosed once the pool is closed
         if isinstance(source, Observable):
             return run.start_observable(source, subscribe_scheduler)
-        return run.start_iterator(iter(source))
+        if isinstance(source, Iterable):
+            return run.start_iterator(iter(source))
+        return run.start_aiterator(aiter(source))
 
-    return Observable(subscribe)
+    return RunObservable(subscribe)
+
+
+class RunObservable(Observable[_T]):
+    """An Observable whose ``await`` is safe across threads and cancels the run with the task.
+
+    reactivex's own ``await observable`` resolves an asyncio future from
+    whatever thread emits, and a cancelled awaiting task leaves the
+    subscription running; this one goes through `rxpool.last`.
+    """
+
+    def __await__(self) -> Generator[Any, None, _T]:
+        from .bridges import last
+
+        return last(self).__await__()

@@ -29,10 +29,11 @@ One `_Run` is one subscription. Its path (see DESIGN.md)::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from threading import Condition, Lock, RLock
 from typing import Any, Final, Generic, TypeVar
 
@@ -40,9 +41,10 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable, SingleAssignmentDisposable
 from reactivex.scheduler import VirtualTimeScheduler
 
+from . import _aio
 from ._exceptions import BufferOverflow, Cancelled, Dropped, JobTimeout
 from ._intake import Policy, PriorityBuffer, RateLimiter, evict
-from ._job import Job, Result
+from ._job import Job, Result, is_coroutine_function
 from ._retry import Retry, chain
 from ._timers import Timer, call_later
 from ._token import CancelToken
@@ -102,6 +104,7 @@ class _Run(Generic[_T, _R]):
         scheduler: abc.SchedulerBase | None = None,
         counters: Counters | None = None,
         on_finished: Callable[[_Run[Any, Any]], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._observer = observer
         self._policy = policy
@@ -109,6 +112,13 @@ class _Run(Generic[_T, _R]):
         self._ordered = policy.ordered
         self._window = policy.window
         self._slots = slots
+        # Loop mode: slots are tasks on an event loop (see _aio); else drain loops on threads.
+        self._loop_slots: _aio.LoopSlots | None = (
+            slots if getattr(slots, "is_async", False) else None
+        )
+        self._slot_task: Callable[[], Any] = self._aslot if self._loop_slots else self._slot
+        # Thread mode: the loop the run was subscribed from runs its coroutine jobs.
+        self._loop = loop
         self._blocking = blocking
         self._scheduler = scheduler  # set when slots run on a reactivex scheduler
         # Timers (timeouts, backoff, rate) follow a virtual clock; on any real
@@ -129,6 +139,8 @@ class _Run(Generic[_T, _R]):
         self._space = Condition(self._lock)
         self._pull_lock = Lock()
         self._iterator: Iterator[Any] | None = None
+        self._aiterator: AsyncIterator[Any] | None = None
+        self._apull_lock: asyncio.Lock | None = None  # loop mode: one slot awaits the source
         self._buffer: deque[Any] | PriorityBuffer = deque()
         self._producers_waiting = 0
         self._source_subscription = SingleAssignmentDisposable()
@@ -173,6 +185,14 @@ class _Run(Generic[_T, _R]):
 
     def start_iterator(self, iterator: Iterator[Any]) -> abc.DisposableBase:
         self._iterator = iterator
+        self._watch_token()
+        self._kick()
+        return Disposable(self.dispose)
+
+    def start_aiterator(self, aiterator: AsyncIterator[Any]) -> abc.DisposableBase:
+        """Pull an async iterator (loop mode only): slots await its next item when free."""
+        assert self._loop_slots is not None
+        self._aiterator = aiterator
         self._watch_token()
         self._kick()
         return Disposable(self.dispose)
@@ -280,7 +300,7 @@ class _Run(Generic[_T, _R]):
         with self._lock:
             if self._stopped or self._window_blocked or self._rate_waiter:
                 return
-            if self._iterator is not None and not self._source_done:
+            if (self._iterator or self._aiterator) is not None and not self._source_done:
                 want = self._n - self._active
             else:
                 want = min(self._n - self._active, self._queued())
@@ -293,7 +313,7 @@ class _Run(Generic[_T, _R]):
 
     def _spawn(self, count: int) -> None:
         try:
-            self._slots.spawn(self._slot, count)
+            self._slots.spawn(self._slot_task, count)
         except BaseException as error:
             with self._lock:
                 self._active -= count
@@ -325,6 +345,116 @@ class _Run(Generic[_T, _R]):
             with self._lock:
                 self._active -= 1
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
+
+    async def _aslot(self) -> None:
+        """A slot in loop mode: one job at a time, awaited on the loop."""
+        try:
+            while True:
+                taken = await self._atake() if self._aiterator is not None else self._take(1)
+                if taken is None:
+                    return
+                if type(taken) is float:
+                    await asyncio.sleep(taken)  # the next rate token
+                    with self._lock:
+                        self._rate_waiter = False
+                    self._kick()
+                    continue
+                first, items, retry_state = taken  # type: ignore[misc]
+                outcome = await self._aexecute(first, items[0], retry_state)
+                _aio.clear_pause()
+                self._deliver(first, *outcome)
+                pause = _aio.take_pause()  # the observer asked us to wait (a full queue)
+                if pause is not None:
+                    await pause
+        except asyncio.CancelledError:
+            # The run was stopped (its slot tasks are cancelled then), or someone
+            # cancelled our task: then the run cannot go on, and says so.
+            with self._lock:
+                self._active -= 1
+            if not self._stopped:
+                self._fail(Cancelled("a worker slot's task on the event loop was cancelled"))
+        except BaseException as error:  # a bug guard, as in _slot
+            with self._lock:
+                self._active -= 1
+            self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
+
+    async def _atake(self) -> tuple[int, list[Any], Any] | float | None:
+        """`_take` for an async iterator source: retries first, then await the next item."""
+        if self._retry_queue:
+            with self._lock:
+                if self._retry_queue and not self._stopped:
+                    if self._limiter is not None and not self._limiter.take(1):
+                        return self._wait_for_rate()
+                    seq, item, attempt, errors = self._retry_queue.popleft()
+                    return seq, [item], (attempt, errors)
+        aiterator = self._aiterator
+        assert aiterator is not None
+        if self._apull_lock is None:
+            self._apull_lock = asyncio.Lock()
+        async with self._apull_lock:
+            began = self._pull_begin(1)
+            if type(began) is not int:
+                return began
+            items = []
+            exhausted = False
+            failure: Exception | None = None
+            try:
+                items.append(self._admit(await anext(aiterator)))
+            except StopAsyncIteration:
+                exhausted = True
+            except asyncio.CancelledError:
+                self._pull_end(began, items, True, None)
+                raise
+            except Exception as error:  # the source raised, or gave a non-Job
+                failure = error
+            return self._pull_end(began, items, exhausted, failure)
+
+    async def _aexecute(
+        self, first: int, item: Any, retry_state: Any
+    ) -> tuple[list[Any], Exception | None, bool]:
+        """One attempt at one item in loop mode, with its timeout and retry policy."""
+        attempt, errors = retry_state if retry_state is not None else (1, [])
+        timeout = self._timeout_of(item)
+        token = self._token
+        if timeout is not None and self._wants_token(item):
+            token = token.child()  # a timeout cancels this job's token only
+        slots = self._loop_slots
+        assert slots is not None
+        started = _monotonic()
+        error: Exception | None = None
+        value: Any = None
+        if self._is_async(item):
+            work: Any = self._call(item, token)
+        else:
+            work = slots.offload(lambda: self._call(item, token))
+        try:
+            if timeout is None:
+                value = await work
+            else:
+                async with asyncio.timeout(timeout) as deadline:
+                    value = await work
+        except TimeoutError as raised:
+            if timeout is not None and deadline.expired():
+                error = JobTimeout(
+                    f"job {self._describe(item)} ran past its timeout of {timeout:g}s"
+                )
+                if token is not self._token:
+                    token.cancel(JobTimeout(str(error)))
+            else:
+                error = raised
+        except Exception as raised:
+            error = raised
+        finished = _monotonic()
+        if error is None:
+            outcome = self._success(item, value, attempt, started, finished)
+        else:
+            outcome = self._failure(first, item, error, attempt, errors, started, finished)
+        if outcome is _DEFERRED:
+            return [_DEFERRED], None, True
+        fatal = self._fatal(outcome)
+        if fatal is not None:
+            return [], fatal, False
+        return [outcome], None, False
 
     def _take(self, want: int) -> tuple[int, list[Any], Any] | float | None:
         """Take up to ``want`` items with consecutive sequence numbers.
@@ -362,52 +492,65 @@ class _Run(Generic[_T, _R]):
                 return self._register(items)
 
         with self._pull_lock:
-            with self._lock:
-                room = self._room(want)
-                if room <= 0 or self._source_done:
-                    if room <= 0 and not self._source_done:
-                        self._window_blocked = True
-                    self._active -= 1
-                    if not self._stopped:
-                        self._maybe_complete()
-                    return None
-                if self._limiter is not None:
-                    room = self._limiter.take(room)
-                    if room <= 0:
-                        return self._wait_for_rate()
-                self._pulling = True
+            began = self._pull_begin(want)
+            if type(began) is not int:
+                return began
             items = []
             exhausted = False
             failure: Exception | None = None
             try:
-                for _ in range(room):
+                for _ in range(began):
                     items.append(self._admit(next(iterator)))
             except StopIteration:
                 exhausted = True
             except Exception as error:  # the source raised, or gave a non-Job
                 failure = error
-            with self._lock:
-                self._pulling = False
-                if self._limiter is not None and len(items) < room:
-                    self._limiter.give_back(room - len(items))
-                if exhausted or failure is not None:
-                    self._source_done = True
-                    self._source_error = failure
-                if self._terminal_deferred:
-                    self._taken_while_stopping(items)  # then the terminal notification
-                    self._active -= 1
-                    return None
-                if self._stopped or not items:
-                    self._active -= 1
-                    if failure is not None and not self._stopped:
-                        self._source_failed()
-                    else:
-                        self._maybe_complete()
-                    return None
-                taken = self._register(items)
-                if failure is not None:
+            return self._pull_end(began, items, exhausted, failure)
+
+    def _pull_begin(self, want: int) -> int | float | None:
+        """Before pulling the source: how many items to pull, or what `_take` returns."""
+        with self._lock:
+            room = self._room(want)
+            if room <= 0 or self._source_done:
+                if room <= 0 and not self._source_done:
+                    self._window_blocked = True
+                self._active -= 1
+                if not self._stopped:
+                    self._maybe_complete()
+                return None
+            if self._limiter is not None:
+                room = self._limiter.take(room)
+                if room <= 0:
+                    return self._wait_for_rate()
+            self._pulling = True
+            return room
+
+    def _pull_end(
+        self, room: int, items: list[Any], exhausted: bool, failure: Exception | None
+    ) -> tuple[int, list[Any], Any] | None:
+        """After pulling the source: number what was pulled, or end the slot."""
+        with self._lock:
+            self._pulling = False
+            if self._limiter is not None and len(items) < room:
+                self._limiter.give_back(room - len(items))
+            if exhausted or failure is not None:
+                self._source_done = True
+                self._source_error = failure
+            if self._terminal_deferred:
+                self._taken_while_stopping(items)  # then the terminal notification
+                self._active -= 1
+                return None
+            if self._stopped or not items:
+                self._active -= 1
+                if failure is not None and not self._stopped:
                     self._source_failed()
-                return taken
+                else:
+                    self._maybe_complete()
+                return None
+            taken = self._register(items)
+            if failure is not None:
+                self._source_failed()
+            return taken
 
     def _taken_while_stopping(self, items: list[Any]) -> None:
         """Items pulled while the caller cancelled: report them, then end (under ``_lock``)."""
@@ -602,6 +745,10 @@ class _Run(Generic[_T, _R]):
     def _wants_token(self, item: Any) -> bool:
         raise NotImplementedError
 
+    def _is_async(self, item: Any) -> bool:
+        """True if the item's function is a coroutine function."""
+        raise NotImplementedError
+
     def _call(self, item: Any, token: CancelToken) -> Any:
         raise NotImplementedError
 
@@ -784,6 +931,8 @@ class _Run(Generic[_T, _R]):
         for _, timer in waiting:
             timer.cancel()
         self._source_subscription.dispose()
+        if self._loop_slots is not None:
+            self._loop_slots.cancel()  # slot tasks still awaiting a job or the source
         link, self._token_link = self._token_link, None
         if link is not None:
             link.dispose()
@@ -929,6 +1078,9 @@ class MapRun(_Run[_T, _R]):
         super().__init__(observer, policy, **kw)
         self._fn = fn
         self._pass_token = pass_token
+        self._fn_async = is_coroutine_function(fn)
+        if self._fn_async and self._loop_slots is None:
+            self._tracked = True  # thread mode: each call goes through _call
 
     def _dropped(self, item: Any) -> None:
         on_drop = self._policy.on_drop
@@ -971,10 +1123,14 @@ class MapRun(_Run[_T, _R]):
     def _wants_token(self, item: Any) -> bool:
         return self._pass_token
 
+    def _is_async(self, item: Any) -> bool:
+        return self._fn_async
+
     def _call(self, item: Any, token: CancelToken) -> Any:
-        if self._pass_token:
-            return self._fn(item, token=token)
-        return self._fn(item)
+        value: Any = self._fn(item, token=token) if self._pass_token else self._fn(item)
+        if self._fn_async and self._loop_slots is None:
+            return _aio.run_coroutine(value, token, self._loop)  # a worker thread waits
+        return value
 
     def _success(self, item: Any, value: Any, attempt: int, started: float, end: float) -> Any:
         return value
@@ -1028,7 +1184,9 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             retry_state is not None
             or policy.timeout is not None
             or policy.retry is not None
-            or any(job.timeout is not None or job.retry is not None for job in items)
+            or any(
+                job.timeout is not None or job.retry is not None or job.is_async for job in items
+            )
         ):
             return self._run_careful(first, items, retry_state)
         fail_fast = policy.fail_fast
@@ -1061,10 +1219,17 @@ class JobRun(_Run[Job[Any], Result[Any]]):
     def _wants_token(self, item: Any) -> bool:
         return bool(item.wants_token)
 
+    def _is_async(self, item: Any) -> bool:
+        return bool(item.is_async)
+
     def _call(self, item: Any, token: CancelToken) -> Any:
         if item.wants_token:
-            return item.fn(*item.args, token=token, **item.kwargs)
-        return item.fn(*item.args, **item.kwargs)
+            value = item.fn(*item.args, token=token, **item.kwargs)
+        else:
+            value = item.fn(*item.args, **item.kwargs)
+        if item.is_async and self._loop_slots is None:
+            return _aio.run_coroutine(value, token, self._loop)  # a worker thread waits
+        return value
 
     def _success(self, item: Any, value: Any, attempt: int, started: float, end: float) -> Any:
         return Result(value, None, item.descriptor, attempt, started, end)

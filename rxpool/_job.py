@@ -56,6 +56,26 @@ def _inspect_token(fn: Callable[..., object]) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_is_coroutine_function(fn: Callable[..., object]) -> bool:
+    return _inspect_coroutine(fn)
+
+
+def _inspect_coroutine(fn: Callable[..., object]) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    # An object whose __call__ is async def.
+    return inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def is_coroutine_function(fn: Callable[..., object]) -> bool:
+    """True if calling ``fn`` gives a coroutine to await (``async def``, also through partial)."""
+    try:
+        return _cached_is_coroutine_function(fn)
+    except TypeError:  # unhashable callable
+        return _inspect_coroutine(fn)
+
+
 def wants_token(fn: Callable[..., object]) -> bool:
     """True if ``fn`` declares a parameter named ``token`` (it then gets the run's CancelToken)."""
     try:
@@ -70,6 +90,13 @@ class Job(Generic[_R]):
     If ``fn`` declares a parameter named ``token``, it is called with the run's
     `CancelToken` as ``token=`` (Go's ``ExecFn(ctx, args)``), unless ``kwargs``
     already has one.
+
+    If ``fn`` is a coroutine function (``async def``), the job is awaited on
+    an event loop: with ``backend="asyncio"`` (or a run subscribed from a
+    running loop through `rxpool.aiter`) it runs on the loop with no thread of
+    its own; on the thread backend a worker waits for it while it runs on the
+    loop the run was subscribed from (or on a loop of its own). Cancelling the
+    run cancels its task.
 
     Args:
         fn: The function to call.
@@ -92,6 +119,7 @@ class Job(Generic[_R]):
         "args",
         "descriptor",
         "fn",
+        "is_async",
         "kwargs",
         "priority",
         "retry",
@@ -138,6 +166,7 @@ class Job(Generic[_R]):
         self.kwargs: Mapping[str, Any] = kwargs if kwargs is not None else {}
         self.descriptor = JobDescriptor(next(_ids) if id is None else id, kind, metadata)
         self.wants_token: bool = "token" not in self.kwargs and wants_token(fn)
+        self.is_async: bool = is_coroutine_function(fn)
 
     @property
     def id(self) -> Any:

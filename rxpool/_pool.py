@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import enum
+import sys
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from reactivex import Observable, abc
+from reactivex.subject import Subject
 
-from ._checks import check_bool, check_count, check_scheduler, check_token
-from ._dispatch import job_observable
+from ._aio import cancellable, run_coroutine, running_loop
+from ._checks import check_bool, check_callable, check_count, check_scheduler, check_token
+from ._dispatch import Backend, check_backend, job_observable
 from ._engine import Counters, JobRun, _Run
-from ._exceptions import PoolClosed
+from ._exceptions import Cancelled, PoolClosed
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
-from ._job import Job, Result
+from ._job import Job, Result, is_coroutine_function, wants_token
 from ._retry import Retry
 from ._threads import ThreadRunner
 from ._token import CancelToken
+from .bridges import iterate
 
 __all__ = ["WorkerPool"]
+
+_R = TypeVar("_R")
 
 # Threads beyond ``workers`` (started while a disposed run winds down, or for
 # concurrent runs) wait this long for work before they exit.
@@ -52,17 +60,39 @@ class WorkerPool:
         workers: Jobs running at once in each run.
         scheduler: A reactivex scheduler to run the worker loops on instead of
             the pool's own threads (the caller keeps ownership of it).
+        backend: ``"thread"`` (the default): worker slots are threads, and an
+            ``async def`` job runs on the loop the run was subscribed from
+            while a worker waits for it. ``"asyncio"``: worker slots are tasks
+            on the event loop running where the pool was created (else where
+            a run is subscribed, else a private loop thread): ``async def``
+            jobs run there with no thread, blocking jobs on the pool's
+            threads, and every ``on_next`` comes on the loop thread.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``workers`` < 1.
+        ValueError: ``workers`` < 1, an unknown ``backend``, or a
+            ``scheduler`` with ``backend="asyncio"``.
     """
 
-    def __init__(self, workers: int, *, scheduler: abc.SchedulerBase | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        *,
+        scheduler: abc.SchedulerBase | None = None,
+        backend: Backend = "thread",
+    ) -> None:
         self._workers = check_count("workers", workers)
         check_scheduler(scheduler)
+        self._backend = check_backend(backend)
+        if scheduler is not None and backend == "asyncio":
+            raise ValueError("scheduler and backend='asyncio' exclude each other: pick one")
+        self._loop = running_loop() if backend == "asyncio" else None
         self._scheduler = scheduler
         self._runner = ThreadRunner(POOL_LINGER, keep=workers) if scheduler is None else None
+        self._submit_lock = threading.Lock()
+        self._submissions: Subject[Job[Any]] | None = None  # the run behind submit()
+        self._submit_subscription: abc.DisposableBase | None = None
+        self._futures: dict[Any, _JobFuture[Any]] = {}
         self._state = _State.OPEN
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when the last run ends
@@ -75,13 +105,18 @@ class WorkerPool:
         return self._workers
 
     @property
+    def backend(self) -> Backend:
+        """Where the worker slots run: ``"thread"`` or ``"asyncio"``."""
+        return self._backend
+
+    @property
     def closed(self) -> bool:
         """True once `close` was called."""
         return self._state is _State.CLOSED
 
     def run(
         self,
-        jobs: Iterable[Job[Any]] | Observable[Job[Any]],
+        jobs: Iterable[Job[Any]] | AsyncIterable[Job[Any]] | Observable[Job[Any]],
         *,
         token: CancelToken | None = None,
         ordered: bool = False,
@@ -97,7 +132,9 @@ class WorkerPool:
 
         An iterable is pulled lazily, one job each time a worker is free, so a
         generator of millions of jobs is never materialised; a list or tuple is
-        checked for non-`Job` items here. An Observable of jobs is buffered:
+        checked for non-`Job` items here. An async iterable (an async generator,
+        say) is pulled the same way, awaited on an event loop (the run is then
+        in loop mode, as with ``backend="asyncio"``). An Observable of jobs is buffered:
         ``buffer_size``, ``overflow`` and `Job.priority` work as in
         `rxpool.operators.run_jobs`; ``rate`` / ``burst`` limit how many jobs
         start per second, whatever the source. ``timeout``, ``retry`` and
@@ -105,7 +142,9 @@ class WorkerPool:
         ``timeout`` / ``retry`` win over these defaults).
 
         **Ordering**: as jobs finish; with ``ordered=True`` in input order.
-        **Threading**: ``on_next`` runs on a pool thread, one at a time.
+        **Threading**: ``on_next`` runs on a pool thread, one at a time (on the
+        loop thread in loop mode). ``await pool.run(jobs)`` gives the last
+        `Result` safely (see `rxpool.last`).
         **Cancellation**: dispose starts no job and emits nothing more; running
         jobs' token is cancelled and their threads return to the pool when the
         functions return. Cancelling ``token`` or its deadline passing gives each
@@ -121,10 +160,11 @@ class WorkerPool:
             ValueError: a count < 1, ``rate`` not > 0, or an unknown ``overflow``.
         """
         self._check_open()
-        if not isinstance(jobs, Observable):
+        if not isinstance(jobs, Observable | AsyncIterable):
             if isinstance(jobs, str | bytes) or not isinstance(jobs, Iterable):
                 raise TypeError(
-                    f"jobs must be an iterable or Observable of Job, got {type(jobs).__name__}"
+                    "jobs must be an iterable, async iterable or Observable of Job,"
+                    f" got {type(jobs).__name__}"
                 )
             if isinstance(jobs, list | tuple):
                 for index, job in enumerate(jobs):
@@ -151,7 +191,172 @@ class WorkerPool:
             token=token,
             shared=self._runner,
             owner=self,
+            backend=self._backend,
+            loop=self._loop,
         )
+
+    def map(
+        self,
+        fn: Callable[..., _R],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        token: CancelToken | None = None,
+        maxsize: int = 1024,
+    ) -> Iterator[_R]:
+        """``fn`` over the iterables' items, at most ``workers`` at once: an iterator of values.
+
+        The simplest use, like `concurrent.futures.Executor.map` but lazy: the
+        inputs are pulled as workers free up, never materialised. Values come
+        in input order (``ordered=False``: as they finish); a failed call's
+        error is raised when the iteration reaches it, and leaving the loop
+        (that error, ``break``, ``KeyboardInterrupt``) cancels the rest.
+        ``fn`` may be ``async def``. For `Result` objects use
+        ``rxpool.iterate(pool.run(...))``.
+
+        Raises:
+            PoolClosed: the pool is closed.
+            TypeError: ``fn`` is not callable, no iterable is given, or an
+                argument has the wrong type.
+            ValueError: ``maxsize`` < 1, or an invalid ``timeout``.
+        """
+        check_callable("fn", fn)
+        if not iterables:
+            raise TypeError("map() needs at least one iterable of inputs")
+        for index, iterable in enumerate(iterables):
+            if isinstance(iterable, str | bytes) or not isinstance(iterable, Iterable):
+                raise TypeError(
+                    f"iterables[{index}] must be an iterable, got {type(iterable).__name__}"
+                )
+        check_count("maxsize", maxsize)
+        jobs = (Job(fn, args=args) for args in zip(*iterables, strict=False))
+        results = self.run(jobs, ordered=ordered, timeout=timeout, retry=retry, token=token)
+        return _values(iterate(results, maxsize=maxsize))
+
+    def submit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> _JobFuture[_R]:
+        """Run ``fn(*args, **kwargs)`` on the pool; a `concurrent.futures.Future` of its value.
+
+        Submitted jobs share one run of ``workers`` slots, in submission order,
+        with no bound on how many wait. ``future.cancel()`` cancels the job:
+        one not started never starts, a running one has its token cancelled
+        (``fn`` gets it as ``token=`` if it declares one) and its value is
+        discarded; the future stays pending until then, so ``cancel()``
+        succeeds until the job's outcome is set. An ``async def`` ``fn`` runs
+        on the event loop submit was called from (or one of its own).
+        `close` lets submitted jobs finish; ``close(cancel_pending=True)``
+        cancels those not started.
+
+        Raises:
+            PoolClosed: the pool is closed.
+            TypeError: ``fn`` is not callable.
+        """
+        check_callable("fn", fn)
+        self._check_open()
+        future: _JobFuture[_R] = _JobFuture()
+        job = Job(self._submitted(fn, args, kwargs, future))
+        with self._submit_lock:
+            self._check_open()
+            submissions = self._submissions
+            if submissions is None:
+                submissions = self._submissions = Subject()
+                policy = make_policy(self._workers, buffer_size=sys.maxsize)
+                self._submit_subscription = job_observable(
+                    submissions,
+                    policy,
+                    scheduler=self._scheduler,
+                    token=None,
+                    shared=self._runner,
+                    owner=self,
+                    backend=self._backend,
+                    loop=self._loop,
+                ).subscribe(self._settle)
+            self._futures[job.id] = future
+        submissions.on_next(job)
+        return future
+
+    def asubmit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Awaitable[_R]:
+        """`submit` for asyncio code: an awaitable of the value; cancelling it cancels the job.
+
+        Must be called with an event loop running (it wraps the future for it).
+
+        Raises:
+            PoolClosed: the pool is closed.
+            TypeError: ``fn`` is not callable.
+            RuntimeError: no event loop is running.
+        """
+        loop = running_loop()
+        if loop is None:
+            raise RuntimeError("asubmit() needs a running event loop; use submit() outside one")
+        return asyncio.wrap_future(self.submit(fn, *args, **kwargs), loop=loop)
+
+    def _submitted(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        future: _JobFuture[Any],
+    ) -> Callable[..., Any]:
+        """The job's function: it runs ``fn`` under the future's own token."""
+        job_token = future.token
+        pass_token = "token" not in kwargs and wants_token(fn)
+        caller_loop = running_loop()
+
+        def start() -> Callable[[], Any]:
+            if job_token.cancelled:
+                raise job_token.new_error()
+            if pass_token:
+                return lambda: fn(*args, token=job_token, **kwargs)
+            return lambda: fn(*args, **kwargs)
+
+        def link(token: CancelToken) -> abc.DisposableBase:
+            # The run's token (pool closing, the slot's timeout) reaches the job's.
+            return token.on_cancel(lambda: job_token.cancel(token.error))
+
+        if is_coroutine_function(fn):
+            if self._backend == "asyncio":
+
+                async def call_async(*, token: CancelToken) -> Any:
+                    linked = link(token)
+                    try:
+                        return await cancellable(start()(), job_token)
+                    finally:
+                        linked.dispose()
+
+                return call_async
+
+            def call_coroutine(*, token: CancelToken) -> Any:
+                linked = link(token)
+                try:
+                    return run_coroutine(start()(), job_token, caller_loop)
+                finally:
+                    linked.dispose()
+
+            return call_coroutine
+
+        def call(*, token: CancelToken) -> Any:
+            linked = link(token)
+            try:
+                return start()()
+            finally:
+                linked.dispose()
+
+        return call
+
+    def _settle(self, result: Result[Any]) -> None:
+        with self._submit_lock:
+            future = self._futures.pop(result.id, None)
+        if future is None or future.done():
+            return
+        try:
+            if result.error is None:
+                future.set_result(result.value)
+            elif isinstance(result.error, Cancelled) and future.token.cancelled:
+                future.cancel()
+            else:
+                future.set_exception(result.error)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled by its owner meanwhile: the outcome is discarded
 
     @property
     def abandoned(self) -> int:
@@ -194,12 +399,19 @@ class WorkerPool:
         with self._lock:
             self._state = _State.CLOSED
             runs = list(self._runs)
+        with self._submit_lock:
+            submissions, self._submissions = self._submissions, None
+            if cancel_pending:
+                for future in self._futures.values():
+                    future.token.cancel("the pool was closed")
         if cancel_pending:
             for run in runs:
                 run.stop_intake()
+        if submissions is not None:
+            submissions.on_completed()  # the submitted jobs finish, then that run ends
         if self._runner is not None:
             self._runner.close()
-        if not wait or self._on_pool_thread():
+        if not wait or self._on_pool_thread() or self._on_own_loop():
             return
         try:
             with self._lock:
@@ -215,6 +427,28 @@ class WorkerPool:
     def _on_pool_thread(self) -> bool:
         return self._runner is not None and self._runner.owns(threading.current_thread())
 
+    def _on_own_loop(self) -> bool:
+        # Waiting here would block the loop the runs need to end: use aclose().
+        return self._backend == "asyncio" and running_loop() is not None
+
+    async def aclose(self, cancel_pending: bool = False) -> None:
+        """`close` for async code: waits for the runs to end without blocking the loop."""
+        check_bool("cancel_pending", cancel_pending)
+        self.close(wait=False, cancel_pending=cancel_pending)
+        while True:
+            with self._lock:
+                if not self._runs:
+                    break
+            await asyncio.sleep(0.005)  # runs end on other threads and tasks: poll
+        if self._runner is not None:
+            await asyncio.to_thread(self._runner.join)
+
+    async def __aenter__(self) -> WorkerPool:
+        return self
+
+    async def __aexit__(self, exc_type: object, *exc_info: object) -> None:
+        await self.aclose(cancel_pending=exc_type is not None)
+
     def __enter__(self) -> WorkerPool:
         return self
 
@@ -224,3 +458,33 @@ class WorkerPool:
 
     def __repr__(self) -> str:
         return f"<WorkerPool workers={self._workers} {self._state.value}>"
+
+
+class _JobFuture(concurrent.futures.Future[_R]):
+    """A future whose ``cancel()`` cancels the job, also while it runs.
+
+    It stays pending until the job's outcome is set (``running()`` is False),
+    so ``cancel()`` succeeds until then.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = CancelToken()
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled:
+            self.token.cancel("the future was cancelled")
+        return cancelled
+
+
+def _values(results: Iterator[Result[Any]]) -> Iterator[Any]:
+    try:
+        for result in results:
+            if result.error is not None:
+                raise result.error
+            yield result.value
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()

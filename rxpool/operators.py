@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 from reactivex import Observable, abc
 
 from ._checks import check_callable, check_scheduler, check_token
-from ._dispatch import choose_slots, job_observable
+from ._dispatch import Backend, check_backend, choose_slots, job_observable
 from ._engine import MapRun
 from ._flat_map import flat_map as _flat_map
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
-from ._job import Job, Result, wants_token
+from ._job import Job, Result, is_coroutine_function, wants_token
 from ._retry import Retry
 from ._token import CancelToken
 
@@ -80,12 +80,15 @@ def map_concurrent(
     burst: int = 1,
     timeout: float | None = None,
     retry: Retry | None = None,
+    backend: Backend | None = None,
 ) -> Callable[[Observable[_T]], Observable[_R]]:
     """Call ``fn(item)`` on worker threads, at most ``max_concurrent`` at once.
 
     The parallel ``ops.map``: an exception from ``fn`` ends the stream with that
     exception, unchanged, and cancels the rest. If ``fn`` declares a ``token``
-    parameter it is called as ``fn(item, token=run_token)``.
+    parameter it is called as ``fn(item, token=run_token)``. If ``fn`` is
+    ``async def``, its calls are tasks on an event loop (the one running at
+    subscribe time, else a private one), no thread each; dispose cancels them.
 
     ::
 
@@ -110,8 +113,9 @@ def map_concurrent(
         fn: ``item -> result``.
         max_concurrent: Maximum calls running at once.
         scheduler: Where the worker loops run. Default: the subscribe-time
-            scheduler if any, else threads of the run's own, released when it
-            ends. On a scheduler that shares the producer's thread (e.g. a
+            scheduler if any, else rxpool's thread cache (threads idle for a
+            second exit); an ``AsyncIOScheduler`` means tasks on its loop.
+            On a scheduler that shares the producer's thread (e.g. a
             ``TestScheduler``) ``"block"`` cannot wait, and the buffer grows.
         ordered: Emit results in input order.
         buffer_size: Items waiting for a worker before ``overflow`` applies.
@@ -123,11 +127,15 @@ def map_concurrent(
             (after any retries) and the call's token is cancelled.
         retry: A `Retry` policy for failed calls; only the last failure ends
             the stream, with the earlier ones chained to it.
+        backend: ``"thread"`` or ``"asyncio"`` (slots are tasks on the running
+            loop, else a private one; blocking calls go to threads and their
+            results come back to the loop thread). Default: ``"asyncio"`` for
+            an ``async def`` ``fn``, else ``"thread"``.
 
     Raises:
         TypeError: ``fn`` is not callable, or an argument has the wrong type.
         ValueError: ``max_concurrent``, ``buffer_size`` or ``burst`` < 1, ``rate``
-            not > 0, or an unknown ``overflow`` policy.
+            not > 0, or an unknown ``overflow`` policy or ``backend``.
     """
     check_callable("fn", fn)
     check_scheduler(scheduler)
@@ -143,18 +151,19 @@ def map_concurrent(
         retry=retry,
     )
     pass_token = wants_token(fn)
+    if backend is not None:
+        check_backend(backend)
+    needs_loop = is_coroutine_function(fn) and backend is None
 
     def operator(source: Observable[_T]) -> Observable[_R]:
         def subscribe(
             observer: abc.ObserverBase[_R], subscribe_scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
+            slots = choose_slots(
+                scheduler, subscribe_scheduler, None, backend=backend, needs_loop=needs_loop
+            )
             run: MapRun[_T, _R] = MapRun(
-                observer,
-                policy,
-                fn,
-                pass_token,
-                parent_token=None,
-                **choose_slots(scheduler, subscribe_scheduler, None),
+                observer, policy, fn, pass_token, parent_token=None, **slots
             )
             return run.start_observable(source, subscribe_scheduler)
 
@@ -176,6 +185,7 @@ def run_jobs(
     timeout: float | None = None,
     retry: Retry | None = None,
     fail_fast: bool = False,
+    backend: Backend | None = None,
 ) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
     """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
 
@@ -217,6 +227,7 @@ def run_jobs(
             the earlier attempts' errors chained to it.
         fail_fast: End the stream with the first failed job's error (not its
             `Result`) and cancel the rest, as Go's ``errgroup`` does.
+        backend: ``"thread"`` (default) or ``"asyncio"``, as for `WorkerPool`.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -235,6 +246,8 @@ def run_jobs(
         retry=retry,
         fail_fast=fail_fast,
     )
+    if backend is not None:
+        check_backend(backend)
     return lambda source: job_observable(
-        source, policy, scheduler=scheduler, token=token, shared=None
+        source, policy, scheduler=scheduler, token=token, shared=None, backend=backend
     )

@@ -22,8 +22,11 @@ def test_rxpool_all() -> None:
         "RxPoolError",
         "WorkerPool",
         "__version__",
+        "aiter",
         "bridges",
+        "gather",
         "iterate",
+        "last",
         "operators",
     ]
     for name in rxpool.__all__:
@@ -35,7 +38,7 @@ def test_operators_all() -> None:
 
 
 def test_bridges_all() -> None:
-    assert rxpool.bridges.__all__ == ["iterate"]
+    assert rxpool.bridges.__all__ == ["AsyncStream", "aiter", "gather", "iterate", "last"]
 
 
 def test_exception_tree() -> None:

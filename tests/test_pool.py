@@ -288,8 +288,8 @@ def test_bad_constructor_input(call: Any, exc: type[Exception], match: str) -> N
     ("jobs_arg", "kwargs", "exc", "match"),
     [
         ([Job(double, args=(1,)), 7], {}, TypeError, r"jobs\[1\] must be an rxpool.Job"),
-        (5, {}, TypeError, "jobs must be an iterable or Observable of Job"),
-        ("abc", {}, TypeError, "jobs must be an iterable or Observable of Job"),
+        (5, {}, TypeError, "jobs must be an iterable, async iterable or Observable of Job"),
+        ("abc", {}, TypeError, "jobs must be an iterable, async iterable or Observable of Job"),
         ([], {"token": 3}, TypeError, "token must be a CancelToken"),
         ([], {"ordered": 1}, TypeError, "ordered must be a bool"),
     ],
