@@ -41,6 +41,8 @@ class Sizes:
     hot_items: int
     queue_points: list[int]
     cancel_trials: int
+    asyncio_jobs: int
+    hangup_trials: int
     repeats: int
 
 
@@ -57,6 +59,8 @@ FULL = Sizes(
     hot_items=20_000,
     queue_points=[10_000, 50_000],
     cancel_trials=200,
+    asyncio_jobs=50_000,
+    hangup_trials=50,
     repeats=5,
 )
 
@@ -73,6 +77,8 @@ TINY = Sizes(
     hot_items=1_000,
     queue_points=[1_000],
     cancel_trials=10,
+    asyncio_jobs=500,
+    hangup_trials=3,
     repeats=1,
 )
 
@@ -366,6 +372,35 @@ def cancellation(report: Report) -> None:
     )
 
 
+def asyncio_section(report: Report) -> None:
+    """Results per second into an event loop; client hang-up to run cancellation."""
+    from . import asyncio_bench
+
+    s = report.sizes
+    rates = asyncio_bench.hand_off(s.asyncio_jobs, s.workers, s.repeats)
+    base = rates["asyncio Semaphore+to_thread"]
+    rows = [[name, f"{rate:,.0f}", f"{rate / base:.2f}x"] for name, rate in rates.items()]
+    latencies = asyncio_bench.hang_up_latency(s.hangup_trials)
+    p50 = statistics.median(latencies) * 1000
+    p99 = asyncio_bench.percentile(latencies, 0.99) * 1000
+    report.data["asyncio"] = {"rates": rates, "hang_up_ms": [p50, p99]}
+    report.target("asyncio hand-off vs Semaphore+to_thread", ">= 1x", *_ratio(rates, base))
+    report.target("client hang-up to cancellation p99 (ms)", "<= 50", p99, p99 <= 50)
+    report.section(
+        f"## 7. asyncio: results into the loop ({s.asyncio_jobs:,} trivial jobs,"
+        f" {s.workers} at once, consumed by `async for` on the loop thread)\n\n"
+        + table(["contender", "results/s", "vs Semaphore+to_thread"], rows)
+        + f"\n\nClient hang-up to cancellation ({s.hangup_trials} trials: an aiohttp server"
+        " streams a run, the client reads one line and closes the connection, until a"
+        f" running job sees its token cancelled): p50 {p50:.2f} ms, p99 {p99:.2f} ms."
+    )
+
+
+def _ratio(rates: dict[str, float], base: float) -> tuple[float, bool]:
+    ratio = rates["rxpool aiter(WorkerPool.run), thread jobs"] / base
+    return ratio, ratio >= 1.0
+
+
 def _cancel_trial(pool: Any, workers: int, dispose: bool) -> float:
     """One trial: park ``workers`` cooperative jobs, stop the run, time the stop."""
     import threading
@@ -504,6 +539,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {
     "hot": hot_source,
     "queue": queue_cost,
     "cancel": cancellation,
+    "asyncio": asyncio_section,
 }
 
 
