@@ -94,7 +94,7 @@ def hand_off(jobs: int, workers: int, repeats: int) -> dict[str, float]:
         }
         times: dict[str, list[float]] = {name: [] for name in runs}
         try:
-            for name, fn in runs.items():  # warm up
+            for fn in runs.values():  # warm up
                 await fn()
             names = list(runs)
             for r in range(repeats):
