@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterable, Generator, Iterable
+from collections.abc import AsyncIterable, Callable, Generator, Iterable
 from typing import Any, Literal, Protocol, TypeVar
 
 from reactivex import Observable, abc
@@ -18,6 +18,7 @@ from ._intake import Policy
 from ._job import Job, Result
 from ._threads import SchedulerSlots, ThreadRunner, can_block
 from ._token import CancelToken
+from .backends import AsyncioBackend, Backend, ThreadBackend
 
 _T = TypeVar("_T")
 
@@ -61,17 +62,41 @@ class RunOwner(Protocol):
     def forget(self, run: _Run[Any, Any]) -> None: ...
 
 
-Backend = Literal["thread", "asyncio"]
-BACKENDS: tuple[str, ...] = ("thread", "asyncio")
+BackendName = Literal["thread", "asyncio", "process"]
+BackendSpec = BackendName | ThreadBackend | AsyncioBackend | Backend
+BACKENDS: tuple[str, ...] = ("thread", "asyncio", "process")
 
 
-def check_backend(backend: object) -> Backend:
-    """The backend name, or a clear error at the call that gave it."""
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be one of {BACKENDS}, got {type(backend).__name__}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend  # type: ignore[return-value]
+def check_backend(backend: object) -> BackendSpec:
+    """A backend name or object, or a clear error at the call that gave it."""
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or a backend, got {backend!r}")
+        return backend  # type: ignore[return-value]
+    if isinstance(backend, ThreadBackend | AsyncioBackend | Backend):
+        return backend
+    raise TypeError(
+        f"backend must be one of {BACKENDS} or a backend object (rxpool.backends),"
+        f" got {type(backend).__name__}"
+    )
+
+
+def resolve_backend(
+    spec: BackendSpec | None, process: Callable[[], Backend]
+) -> tuple[str | None, Backend | None, asyncio.AbstractEventLoop | None]:
+    """``(mode, remote, loop)``: mode ``"thread"``, ``"asyncio"``, ``"remote"`` or None (auto)."""
+    if spec is None:
+        return None, None, None
+    if spec == "thread" or isinstance(spec, ThreadBackend):
+        return "thread", None, None
+    if spec == "asyncio":
+        return "asyncio", None, None
+    if isinstance(spec, AsyncioBackend):
+        return "asyncio", None, spec.loop
+    if spec == "process":
+        return "remote", process(), None
+    assert not isinstance(spec, str)
+    return "remote", spec, None
 
 
 def choose_slots(
@@ -79,13 +104,15 @@ def choose_slots(
     subscribe_time: abc.SchedulerBase | None,
     shared: ThreadRunner | None,
     *,
-    backend: Backend | None = None,
+    mode: str | None = None,
+    remote: Backend | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
     needs_loop: bool = False,
 ) -> dict[str, Any]:
     """Where a run's slot loops go.
 
-    In order: an explicit scheduler; ``backend="asyncio"`` (tasks on ``loop``,
+    In order: a remote backend (process, Dask: slots are threads that wait
+    for it); an explicit scheduler; ``backend="asyncio"`` (tasks on ``loop``,
     else on the loop running here, else on a private loop thread); the
     subscribe-time scheduler; a run that ``needs_loop`` (an ``async def``
     function, an async iterable source) as for ``"asyncio"``; else threads
@@ -97,11 +124,14 @@ def choose_slots(
     """
     threads = shared if shared is not None else shared_threads()
     here = running_loop()
+    if mode == "remote":
+        # Slots are threads that hand chunks to the backend and wait for them.
+        return {"slots": threads, "blocking": True, "loop": here, "remote": remote}
     if explicit is not None:
         if isinstance(explicit, AsyncIOScheduler):
             return _on_loop(_scheduler_loop(explicit), threads)
         return _on_scheduler(explicit, here)
-    if backend == "asyncio":
+    if mode == "asyncio":
         return _on_loop(loop or here, threads)
     if subscribe_time is not None and type(subscribe_time) is not NewThreadScheduler:
         if isinstance(subscribe_time, AsyncIOScheduler):
@@ -145,7 +175,8 @@ def job_observable(
     token: CancelToken | None,
     shared: ThreadRunner | None,
     owner: RunOwner | None = None,
-    backend: Backend | None = None,
+    mode: str | None = None,
+    remote: Backend | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> Observable[Result[Any]]:
     """The cold Observable of one `JobRun` per subscription.
@@ -161,9 +192,11 @@ def job_observable(
     ) -> abc.DisposableBase:
         if is_async_source:
             explicit = scheduler if isinstance(scheduler, AsyncIOScheduler) else None
-            slots = choose_slots(explicit, None, shared, backend="asyncio", loop=loop)
+            slots = choose_slots(explicit, None, shared, mode="asyncio", loop=loop)
         else:
-            slots = choose_slots(scheduler, subscribe_scheduler, shared, backend=backend, loop=loop)
+            slots = choose_slots(
+                scheduler, subscribe_scheduler, shared, mode=mode, remote=remote, loop=loop
+            )
         run = JobRun(
             observer,
             policy,

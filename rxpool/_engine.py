@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -42,12 +43,14 @@ from reactivex.disposable import Disposable, SingleAssignmentDisposable
 from reactivex.scheduler import VirtualTimeScheduler
 
 from . import _aio
-from ._exceptions import BufferOverflow, Cancelled, Dropped, JobTimeout
+from ._exceptions import BufferOverflow, Cancelled, Dropped, JobTimeout, WorkerCrashed
 from ._intake import Policy, PriorityBuffer, RateLimiter, evict
 from ._job import Job, Result, is_coroutine_function
+from ._remote import Call, Outcome
 from ._retry import Retry, chain
 from ._timers import Timer, call_later
 from ._token import CancelToken
+from .backends import Backend
 
 _log: Final = logging.getLogger("rxpool")
 
@@ -61,6 +64,10 @@ _perf_counter = time.perf_counter
 # of 5 ms inside a batch of 64 still counts as fast) doubles the next batch.
 _FAST_JOB: Final = 200e-6
 _MAX_BATCH: Final = 64
+# Remote backends (processes, Dask): a chunk of calls is at most this much work
+# (see _Run._next_chunk), so slow jobs go one at a time and work spreads out.
+_CHUNK_SECONDS: Final = 0.05
+_MAX_CHUNK: Final = 1024
 
 _NOTHING: Final = object()
 _DEFERRED: Final = object()  # an outcome that comes later (retry) or came already (timeout)
@@ -105,6 +112,7 @@ class _Run(Generic[_T, _R]):
         counters: Counters | None = None,
         on_finished: Callable[[_Run[Any, Any]], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        remote: Backend | None = None,
     ) -> None:
         self._observer = observer
         self._policy = policy
@@ -119,6 +127,10 @@ class _Run(Generic[_T, _R]):
         self._slot_task: Callable[[], Any] = self._aslot if self._loop_slots else self._slot
         # Thread mode: the loop the run was subscribed from runs its coroutine jobs.
         self._loop = loop
+        # Remote mode (process, Dask): slot threads hand chunks of calls to this backend.
+        self._remote = remote
+        self._chunk = remote.chunk_size if remote is not None else None
+        self._chunk_stats = threading.local()  # per slot thread: the last chunk's compute time
         self._blocking = blocking
         self._scheduler = scheduler  # set when slots run on a reactivex scheduler
         # Timers (timeouts, backoff, rate) follow a virtual clock; on any real
@@ -335,7 +347,10 @@ class _Run(Generic[_T, _R]):
                 first, items, retry_state = taken  # type: ignore[misc]
                 began = _perf_counter()
                 outcome = self._execute(first, items, retry_state)
-                if (_perf_counter() - began) < _FAST_JOB * len(items):
+                elapsed = _perf_counter() - began
+                if self._remote is not None:
+                    batch = self._next_chunk(len(items), elapsed)
+                elif elapsed < _FAST_JOB * len(items):
                     batch = min(batch * 2, _MAX_BATCH)
                 else:
                     batch = 1
@@ -455,6 +470,25 @@ class _Run(Generic[_T, _R]):
         if fatal is not None:
             return [], fatal, False
         return [outcome], None, False
+
+    def _next_chunk(self, size: int, elapsed: float) -> int:
+        """Remote mode: the next chunk's size.
+
+        Big enough that the round trip's overhead is at most a fifth of the
+        chunk's time, small enough that one chunk is at most `_CHUNK_SECONDS`
+        of work (so slow jobs go one by one and work spreads over the workers).
+        """
+        if self._chunk is not None:
+            return self._chunk
+        compute = getattr(self._chunk_stats, "compute", 0.0)
+        if size <= 0:
+            return 1
+        per_call = compute / size
+        if per_call <= 0:
+            return min(size * 8, _MAX_CHUNK)
+        overhead = max(elapsed - compute, 0.0)
+        want = min(4 * overhead, _CHUNK_SECONDS) / per_call
+        return max(1, min(_MAX_CHUNK, size * 8, round(want)))
 
     def _take(self, want: int) -> tuple[int, list[Any], Any] | float | None:
         """Take up to ``want`` items with consecutive sequence numbers.
@@ -748,6 +782,46 @@ class _Run(Generic[_T, _R]):
     def _is_async(self, item: Any) -> bool:
         """True if the item's function is a coroutine function."""
         raise NotImplementedError
+
+    # -- remote mode (processes, Dask) ---------------------------------------------------------
+
+    def _spec(self, item: Any) -> Call:
+        """The ``(fn, args, kwargs)`` a remote backend runs for ``item``."""
+        raise NotImplementedError
+
+    def _remote_outcomes(self, items: list[Any], token: CancelToken) -> list[Outcome]:
+        """Run items on the remote backend; a crash is every item's outcome."""
+        assert self._remote is not None
+        try:
+            return self._remote.run_chunk([self._spec(item) for item in items], token)
+        except WorkerCrashed as crash:
+            return [(False, WorkerCrashed(*crash.args), 0.0) for _ in items]
+
+    def _remote_call(self, item: Any, token: CancelToken) -> Any:
+        ok, value, _ = self._remote_outcomes([item], token)[0]
+        if ok:
+            return value
+        raise value
+
+    def _remote_batch(self, items: list[Any]) -> tuple[list[tuple[bool, Any, float, float]], bool]:
+        """Run a chunk; ``([(ok, value, started, finished)], complete)`` on the run's clock."""
+        started = _monotonic()
+        try:
+            outcomes = self._remote_outcomes(items, self._token)
+        except Cancelled:  # hard cancel: the run is stopping and reports these itself
+            return [], False
+        finished = _monotonic()
+        remote_total = sum(seconds for _, _, seconds in outcomes)
+        self._chunk_stats.compute = remote_total
+        # Spread the chunk's wall time over its calls in proportion to their own time.
+        scale = (finished - started) / remote_total if remote_total > 0 else 0.0
+        timed = []
+        at = started
+        for ok, value, seconds in outcomes:
+            end = at + seconds * scale
+            timed.append((ok, value, at, end))
+            at = end
+        return timed, True
 
     def _call(self, item: Any, token: CancelToken) -> Any:
         raise NotImplementedError
@@ -1103,6 +1177,13 @@ class MapRun(_Run[_T, _R]):
         append = values.append
         if self._tracked:
             return self._run_careful(first, items, retry_state)
+        if self._remote is not None:
+            timed, _ = self._remote_batch(items)
+            for ok, value, _, _ in timed:
+                if not ok:
+                    return values, value, False
+                append(value)
+            return values, None, False
         fn = self._fn
         try:
             if self._pass_token:
@@ -1121,12 +1202,19 @@ class MapRun(_Run[_T, _R]):
         return values, None, False
 
     def _wants_token(self, item: Any) -> bool:
-        return self._pass_token
+        return self._pass_token or self._remote is not None  # a timeout cancels the chunk
 
     def _is_async(self, item: Any) -> bool:
         return self._fn_async
 
+    def _spec(self, item: Any) -> Call:
+        if self._pass_token:
+            return (_no_token, (self._fn,), {})
+        return (self._fn, (item,), {})
+
     def _call(self, item: Any, token: CancelToken) -> Any:
+        if self._remote is not None:
+            return self._remote_call(item, token)
         value: Any = self._fn(item, token=token) if self._pass_token else self._fn(item)
         if self._fn_async and self._loop_slots is None:
             return _aio.run_coroutine(value, token, self._loop)  # a worker thread waits
@@ -1190,6 +1278,8 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         ):
             return self._run_careful(first, items, retry_state)
         fail_fast = policy.fail_fast
+        if self._remote is not None:
+            return self._execute_remote(items, fail_fast)
         token = self._token
         results: list[Any] = []
         append = results.append
@@ -1210,6 +1300,25 @@ class JobRun(_Run[Job[Any], Result[Any]]):
                 append(Result(value, None, job.descriptor, 1, started, _monotonic()))
         return results, None, False
 
+    def _execute_remote(
+        self, items: list[Job[Any]], fail_fast: bool
+    ) -> tuple[list[Any], Exception | None, bool]:
+        timed, complete = self._remote_batch(items)
+        results: list[Any] = []
+        for job, (ok, value, started, finished) in zip(items, timed, strict=complete):
+            if ok:
+                results.append(Result(value, None, job.descriptor, 1, started, finished))
+            elif fail_fast:
+                return results, value, False
+            else:
+                results.append(Result(None, value, job.descriptor, 1, started, finished))
+        return results, None, False
+
+    def _spec(self, item: Any) -> Call:
+        if item.wants_token:
+            return (_no_token, (item.fn,), {})
+        return (item.fn, item.args, item.kwargs)
+
     def _timeout_of(self, item: Any) -> float | None:
         return item.timeout if item.timeout is not None else self._policy.timeout
 
@@ -1217,12 +1326,14 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         return item.retry if item.retry is not None else self._policy.retry
 
     def _wants_token(self, item: Any) -> bool:
-        return bool(item.wants_token)
+        return bool(item.wants_token) or self._remote is not None  # a timeout cancels the chunk
 
     def _is_async(self, item: Any) -> bool:
         return bool(item.is_async)
 
     def _call(self, item: Any, token: CancelToken) -> Any:
+        if self._remote is not None:
+            return self._remote_call(item, token)
         if item.wants_token:
             value = item.fn(*item.args, token=token, **item.kwargs)
         else:
@@ -1300,6 +1411,15 @@ class JobRun(_Run[Job[Any], Result[Any]]):
                 self._terminate(None)
         self._token.cancel(parent.new_error())
         self._finish()
+
+
+def _no_token(fn: Callable[..., Any]) -> Any:
+    """What a remote worker runs for a function that declares ``token``: a clear failure."""
+    name = getattr(fn, "__qualname__", repr(fn))
+    raise TypeError(
+        f"{name} declares a token parameter, but a CancelToken cannot cross into another"
+        " process: on the process and Dask backends, use a timeout or hard_cancel instead"
+    )
 
 
 def _copy(error: Cancelled) -> Cancelled:

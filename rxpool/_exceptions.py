@@ -8,7 +8,9 @@ Every rxpool exception derives from `RxPoolError`::
     ├── JobTimeout              one job ran past its timeout (also a TimeoutError)
     ├── Dropped                 a job given up by the drop_newest / drop_oldest policy
     ├── BufferOverflow          the buffer filled under the "error" overflow policy
-    └── PoolClosed              work submitted to a closed WorkerPool
+    ├── PoolClosed              work submitted to a closed WorkerPool
+    ├── WorkerCrashed           the process or cluster worker running a job died
+    └── NotSendable             a job (or its result) could not be pickled for another process
 
 A job's own exception is never wrapped: it becomes `Result.error` unchanged
 (as `Future.result()` would raise it), or reaches `on_error` unchanged in
@@ -23,8 +25,10 @@ __all__ = [
     "DeadlineExceeded",
     "Dropped",
     "JobTimeout",
+    "NotSendable",
     "PoolClosed",
     "RxPoolError",
+    "WorkerCrashed",
 ]
 
 
@@ -54,3 +58,14 @@ class BufferOverflow(RxPoolError):
 
 class JobTimeout(RxPoolError, TimeoutError):
     """A job ran past its timeout; its function may still be running (its token is cancelled)."""
+
+
+class WorkerCrashed(RxPoolError):
+    """The worker process (or Dask worker) running the job died under it.
+
+    The backend replaces the process; with a `Retry` policy the job is retried.
+    """
+
+
+class NotSendable(RxPoolError, TypeError):
+    """A job, or its result, cannot be pickled to cross into (or out of) another process."""

@@ -15,7 +15,7 @@ from reactivex.subject import Subject
 
 from ._aio import cancellable, run_coroutine, running_loop
 from ._checks import check_bool, check_callable, check_count, check_scheduler, check_token
-from ._dispatch import Backend, check_backend, job_observable
+from ._dispatch import BackendSpec, check_backend, job_observable, resolve_backend
 from ._engine import Counters, JobRun, _Run
 from ._exceptions import Cancelled, PoolClosed
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
@@ -23,6 +23,7 @@ from ._job import Job, Result, is_coroutine_function, wants_token
 from ._retry import Retry
 from ._threads import ThreadRunner
 from ._token import CancelToken
+from .backends import Backend, ProcessBackend
 from .bridges import iterate
 
 __all__ = ["WorkerPool"]
@@ -67,6 +68,10 @@ class WorkerPool:
             a run is subscribed, else a private loop thread): ``async def``
             jobs run there with no thread, blocking jobs on the pool's
             threads, and every ``on_next`` comes on the loop thread.
+            ``"process"``: ``workers`` worker processes of the pool's own
+            (closed with it) for CPU-bound jobs, small jobs sent in chunks.
+            Or a backend object from `rxpool.backends` (`ProcessBackend`,
+            `DaskBackend`, your own `Backend`), which the caller closes.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -79,14 +84,24 @@ class WorkerPool:
         workers: int,
         *,
         scheduler: abc.SchedulerBase | None = None,
-        backend: Backend = "thread",
+        backend: BackendSpec = "thread",
     ) -> None:
         self._workers = check_count("workers", workers)
         check_scheduler(scheduler)
         self._backend = check_backend(backend)
-        if scheduler is not None and backend == "asyncio":
-            raise ValueError("scheduler and backend='asyncio' exclude each other: pick one")
-        self._loop = running_loop() if backend == "asyncio" else None
+        owned: list[Backend] = []
+
+        def own_processes() -> Backend:
+            owned.append(ProcessBackend(workers))
+            return owned[0]
+
+        self._mode, self._remote, loop = resolve_backend(self._backend, own_processes)
+        self._owned_backend = owned[0] if owned else None  # closed with the pool
+        if scheduler is not None and self._mode != "thread":
+            raise ValueError(f"scheduler works with backend='thread' only, not {backend!r}")
+        if self._mode == "asyncio" and loop is None:
+            loop = running_loop()
+        self._loop = loop
         self._scheduler = scheduler
         self._runner = ThreadRunner(POOL_LINGER, keep=workers) if scheduler is None else None
         self._submit_lock = threading.Lock()
@@ -105,8 +120,8 @@ class WorkerPool:
         return self._workers
 
     @property
-    def backend(self) -> Backend:
-        """Where the worker slots run: ``"thread"`` or ``"asyncio"``."""
+    def backend(self) -> BackendSpec:
+        """Where jobs run: the ``backend`` the pool was created with."""
         return self._backend
 
     @property
@@ -191,7 +206,8 @@ class WorkerPool:
             token=token,
             shared=self._runner,
             owner=self,
-            backend=self._backend,
+            mode=self._mode,
+            remote=self._remote,
             loop=self._loop,
         )
 
@@ -254,7 +270,12 @@ class WorkerPool:
         check_callable("fn", fn)
         self._check_open()
         future: _JobFuture[_R] = _JobFuture()
-        job = Job(self._submitted(fn, args, kwargs, future))
+        if self._remote is not None:
+            # The call crosses into another process as it is: a queued job whose
+            # future was cancelled may still run there; its outcome is discarded.
+            job: Job[Any] = Job(fn, args=args, kwargs=kwargs)
+        else:
+            job = Job(self._submitted(fn, args, kwargs, future))
         with self._submit_lock:
             self._check_open()
             submissions = self._submissions
@@ -268,7 +289,8 @@ class WorkerPool:
                     token=None,
                     shared=self._runner,
                     owner=self,
-                    backend=self._backend,
+                    mode=self._mode,
+                    remote=self._remote,
                     loop=self._loop,
                 ).subscribe(self._settle)
             self._futures[job.id] = future
@@ -314,7 +336,7 @@ class WorkerPool:
             return token.on_cancel(lambda: job_token.cancel(token.error))
 
         if is_coroutine_function(fn):
-            if self._backend == "asyncio":
+            if self._mode == "asyncio":
 
                 async def call_async(*, token: CancelToken) -> Any:
                     linked = link(token)
@@ -375,8 +397,18 @@ class WorkerPool:
         """A run has ended."""
         with self._lock:
             self._runs.discard(run)
-            if not self._runs:
-                self._idle.notify_all()
+            if self._runs:
+                return
+            self._idle.notify_all()
+            closed = self._state is _State.CLOSED
+        if closed:
+            self._release_backend()
+
+    def _release_backend(self) -> None:
+        """Once closed and idle: stop the processes the pool owns (``backend="process"``)."""
+        owned, self._owned_backend = self._owned_backend, None
+        if owned is not None:
+            owned.close()
 
     def _check_open(self) -> None:
         if self._state is _State.CLOSED:
@@ -411,6 +443,10 @@ class WorkerPool:
             submissions.on_completed()  # the submitted jobs finish, then that run ends
         if self._runner is not None:
             self._runner.close()
+        with self._lock:
+            idle = not self._runs
+        if idle:
+            self._release_backend()
         if not wait or self._on_pool_thread() or self._on_own_loop():
             return
         try:
@@ -429,7 +465,7 @@ class WorkerPool:
 
     def _on_own_loop(self) -> bool:
         # Waiting here would block the loop the runs need to end: use aclose().
-        return self._backend == "asyncio" and running_loop() is not None
+        return self._mode == "asyncio" and running_loop() is not None
 
     async def aclose(self, cancel_pending: bool = False) -> None:
         """`close` for async code: waits for the runs to end without blocking the loop."""

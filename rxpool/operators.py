@@ -14,13 +14,20 @@ from typing import Any, TypeVar
 from reactivex import Observable, abc
 
 from ._checks import check_callable, check_scheduler, check_token
-from ._dispatch import Backend, check_backend, choose_slots, job_observable
+from ._dispatch import (
+    BackendSpec,
+    check_backend,
+    choose_slots,
+    job_observable,
+    resolve_backend,
+)
 from ._engine import MapRun
 from ._flat_map import flat_map as _flat_map
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result, is_coroutine_function, wants_token
 from ._retry import Retry
 from ._token import CancelToken
+from .backends import default_process_backend
 
 __all__ = ["flat_map", "map_concurrent", "run_jobs"]
 
@@ -80,7 +87,7 @@ def map_concurrent(
     burst: int = 1,
     timeout: float | None = None,
     retry: Retry | None = None,
-    backend: Backend | None = None,
+    backend: BackendSpec | None = None,
 ) -> Callable[[Observable[_T]], Observable[_R]]:
     """Call ``fn(item)`` on worker threads, at most ``max_concurrent`` at once.
 
@@ -127,10 +134,12 @@ def map_concurrent(
             (after any retries) and the call's token is cancelled.
         retry: A `Retry` policy for failed calls; only the last failure ends
             the stream, with the earlier ones chained to it.
-        backend: ``"thread"`` or ``"asyncio"`` (slots are tasks on the running
+        backend: ``"thread"``; ``"asyncio"`` (slots are tasks on the running
             loop, else a private one; blocking calls go to threads and their
-            results come back to the loop thread). Default: ``"asyncio"`` for
-            an ``async def`` ``fn``, else ``"thread"``.
+            results come back to the loop thread); ``"process"`` (rxpool's
+            process-wide `ProcessBackend`, one process per CPU, stopped at
+            exit); or a backend object from `rxpool.backends`. Default:
+            ``"asyncio"`` for an ``async def`` ``fn``, else ``"thread"``.
 
     Raises:
         TypeError: ``fn`` is not callable, or an argument has the wrong type.
@@ -151,8 +160,9 @@ def map_concurrent(
         retry=retry,
     )
     pass_token = wants_token(fn)
-    if backend is not None:
-        check_backend(backend)
+    mode, remote, loop = resolve_backend(
+        None if backend is None else check_backend(backend), default_process_backend
+    )
     needs_loop = is_coroutine_function(fn) and backend is None
 
     def operator(source: Observable[_T]) -> Observable[_R]:
@@ -160,7 +170,13 @@ def map_concurrent(
             observer: abc.ObserverBase[_R], subscribe_scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             slots = choose_slots(
-                scheduler, subscribe_scheduler, None, backend=backend, needs_loop=needs_loop
+                scheduler,
+                subscribe_scheduler,
+                None,
+                mode=mode,
+                remote=remote,
+                loop=loop,
+                needs_loop=needs_loop,
             )
             run: MapRun[_T, _R] = MapRun(
                 observer, policy, fn, pass_token, parent_token=None, **slots
@@ -185,7 +201,7 @@ def run_jobs(
     timeout: float | None = None,
     retry: Retry | None = None,
     fail_fast: bool = False,
-    backend: Backend | None = None,
+    backend: BackendSpec | None = None,
 ) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
     """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
 
@@ -227,7 +243,7 @@ def run_jobs(
             the earlier attempts' errors chained to it.
         fail_fast: End the stream with the first failed job's error (not its
             `Result`) and cancel the rest, as Go's ``errgroup`` does.
-        backend: ``"thread"`` (default) or ``"asyncio"``, as for `WorkerPool`.
+        backend: As for `map_concurrent` (default ``"thread"``).
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -246,8 +262,16 @@ def run_jobs(
         retry=retry,
         fail_fast=fail_fast,
     )
-    if backend is not None:
-        check_backend(backend)
+    mode, remote, loop = resolve_backend(
+        None if backend is None else check_backend(backend), default_process_backend
+    )
     return lambda source: job_observable(
-        source, policy, scheduler=scheduler, token=token, shared=None, backend=backend
+        source,
+        policy,
+        scheduler=scheduler,
+        token=token,
+        shared=None,
+        mode=mode,
+        remote=remote,
+        loop=loop,
     )

@@ -1,0 +1,98 @@
+"""What runs on the other side of a process or cluster backend: a chunk of calls.
+
+A *call* is ``(fn, args, kwargs)``; its *outcome* is ``(ok, value_or_error,
+seconds)``. Running a chunk never raises: each call's exception is its
+outcome, with the worker's traceback attached as a note, so one bad job in a
+chunk never hides the others' results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import pickle
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ._exceptions import NotSendable
+
+Call = tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]]
+Outcome = tuple[bool, Any, float]
+
+
+def run_calls(calls: Sequence[Call]) -> list[Outcome]:
+    """Run each call in order; an exception is that call's outcome, not the chunk's."""
+    outcomes: list[Outcome] = []
+    for fn, args, kwargs in calls:
+        started = time.perf_counter()
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):
+                value = asyncio.run(value)
+        except BaseException as error:  # SystemExit in a job must not end the worker
+            outcomes.append((False, _portable(error), time.perf_counter() - started))
+        else:
+            outcomes.append((True, value, time.perf_counter() - started))
+    return outcomes
+
+
+def _portable(error: BaseException) -> BaseException:
+    """The error with the worker's traceback as a note, or a stand-in if it cannot be pickled."""
+    remote = "".join(traceback.format_exception(error)).rstrip()
+    try:
+        error.add_note(f"in the worker:\n{remote}")
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        stand_in = RuntimeError(f"{type(error).__name__}: {error}")
+        stand_in.add_note(f"in the worker (the original exception cannot be pickled):\n{remote}")
+        return stand_in
+    if not isinstance(error, Exception):  # e.g. SystemExit, KeyboardInterrupt in the job
+        stand_in = RuntimeError(f"the job raised {type(error).__name__}: {error}")
+        stand_in.add_note(f"in the worker:\n{remote}")
+        return stand_in
+    return error
+
+
+def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
+    """Pickle outcomes; a value that cannot be pickled becomes that call's `NotSendable`."""
+    try:
+        return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        checked: list[Outcome] = []
+        for ok, value, seconds in outcomes:
+            try:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as error:
+                what = "result" if ok else "exception"
+                value = NotSendable(f"the job's {what} cannot be sent back: {error!r}")
+                ok = False
+            checked.append((ok, value, seconds))
+        return pickle.dumps(checked, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def worker_main(conn: Any) -> None:
+    """A process worker: run chunks from ``conn`` until it closes."""
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        blobs: list[bytes] = pickle.loads(data)
+        calls: list[Call | BaseException] = []
+        for blob in blobs:
+            try:
+                calls.append(pickle.loads(blob))
+            except BaseException as error:  # e.g. a function this process cannot import
+                calls.append(NotSendable(f"the job cannot be loaded in the worker: {error!r}"))
+        outcomes: list[Outcome] = []
+        for call in calls:
+            if isinstance(call, BaseException):
+                outcomes.append((False, call, 0.0))
+            else:
+                outcomes.extend(run_calls([call]))
+        try:
+            conn.send_bytes(dumps_outcomes(outcomes))
+        except (EOFError, OSError):
+            return
