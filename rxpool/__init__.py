@@ -9,15 +9,17 @@ private modules (``rxpool._*``) so that helpers can be named freely.
 
 from __future__ import annotations
 
-from . import bridges, operators
+from . import backends, bridges, operators
 from ._exceptions import (
     BufferOverflow,
     Cancelled,
     DeadlineExceeded,
     Dropped,
     JobTimeout,
+    NotSendable,
     PoolClosed,
     RxPoolError,
+    WorkerCrashed,
 )
 from ._job import Job, JobDescriptor, Result
 from ._pool import WorkerPool
@@ -36,13 +38,16 @@ __all__ = [
     "Job",
     "JobDescriptor",
     "JobTimeout",
+    "NotSendable",
     "PoolClosed",
     "Result",
     "Retry",
     "RxPoolError",
+    "WorkerCrashed",
     "WorkerPool",
     "__version__",
     "aiter",
+    "backends",
     "bridges",
     "gather",
     "iterate",

@@ -481,8 +481,8 @@ class _Run(Generic[_T, _R]):
         if self._chunk is not None:
             return self._chunk
         compute = getattr(self._chunk_stats, "compute", 0.0)
-        if size <= 0:
-            return 1
+        if compute is None or size <= 0:  # the chunk was given up: nothing learned
+            return max(size, 1)
         per_call = compute / size
         if per_call <= 0:
             return min(size * 8, _MAX_CHUNK)
@@ -612,7 +612,7 @@ class _Run(Generic[_T, _R]):
 
     def _room(self, want: int) -> int:
         """How many items a slot may take now (under ``_lock``); 0 when stopped."""
-        if self._stopped:
+        if self._stopped or self._token._error is not None:  # stopped, or about to be
             return 0
         if self._ordered:
             return min(want, self._window - (self._seq - self._next_emit))
@@ -808,7 +808,8 @@ class _Run(Generic[_T, _R]):
         started = _monotonic()
         try:
             outcomes = self._remote_outcomes(items, self._token)
-        except Cancelled:  # hard cancel: the run is stopping and reports these itself
+        except Cancelled:  # the run is stopping and reports these itself
+            self._chunk_stats.compute = None
             return [], False
         finished = _monotonic()
         remote_total = sum(seconds for _, _, seconds in outcomes)

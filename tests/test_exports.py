@@ -16,13 +16,16 @@ def test_rxpool_all() -> None:
         "Job",
         "JobDescriptor",
         "JobTimeout",
+        "NotSendable",
         "PoolClosed",
         "Result",
         "Retry",
         "RxPoolError",
+        "WorkerCrashed",
         "WorkerPool",
         "__version__",
         "aiter",
+        "backends",
         "bridges",
         "gather",
         "iterate",
@@ -41,7 +44,21 @@ def test_bridges_all() -> None:
     assert rxpool.bridges.__all__ == ["AsyncStream", "aiter", "gather", "iterate", "last"]
 
 
+def test_backends_all() -> None:
+    assert rxpool.backends.__all__ == [
+        "AsyncioBackend",
+        "Backend",
+        "Call",
+        "DaskBackend",
+        "Outcome",
+        "ProcessBackend",
+        "ThreadBackend",
+    ]
+
+
 def test_exception_tree() -> None:
+    assert issubclass(rxpool.WorkerCrashed, rxpool.RxPoolError)
+    assert issubclass(rxpool.NotSendable, rxpool.RxPoolError)
     assert issubclass(rxpool.Cancelled, rxpool.RxPoolError)
     assert issubclass(rxpool.DeadlineExceeded, rxpool.Cancelled)
     assert issubclass(rxpool.PoolClosed, rxpool.RxPoolError)

@@ -1,0 +1,64 @@
+"""Job functions the backend tests send to other processes: importable, picklable."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def fail_on(x: int, failing: frozenset[int]) -> int:
+    if x in failing:
+        raise ValueError(f"job {x} failed")
+    return x
+
+
+def stamp(x: int, seconds: float) -> tuple[int, float, float, int]:
+    """Sleep, and say when (wall clock, comparable across processes) and where."""
+    started = time.time()
+    time.sleep(seconds)
+    return x, started, time.time(), os.getpid()
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def flaky(counter: str, succeed_on: int) -> int:
+    """Fail until the ``succeed_on``-th call, counting calls in a file (any process)."""
+    path = Path(counter)
+    calls = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls < succeed_on:
+        raise ConnectionError(f"call {calls} failed")
+    return calls
+
+
+def die(code: int) -> None:
+    """Kill the worker process under the job, as a segfault or the OOM killer would."""
+    os._exit(code)
+
+
+def cpu(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def wants_token(x: int, token: object) -> int:
+    return x
+
+
+class Unpicklable:
+    def __reduce__(self) -> str:
+        raise TypeError("this object refuses to be pickled")
+
+
+def unpicklable_result(x: int) -> Unpicklable:
+    return Unpicklable()

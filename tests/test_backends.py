@@ -1,0 +1,337 @@
+"""One contract for every backend: the same results, ordering, timeouts, retries,
+accounting and cancellation on threads, the asyncio loop, processes and Dask."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import reactivex
+from reactivex import operators as ops
+
+import rxpool
+from rxpool import Cancelled, CancelToken, Job, JobTimeout, Result, Retry, WorkerPool
+from rxpool import operators as rops
+from rxpool.backends import (
+    AsyncioBackend,
+    Backend,
+    DaskBackend,
+    ProcessBackend,
+    ThreadBackend,
+)
+
+from . import _jobs
+from ._helpers import Recorder, wait_until
+
+BACKENDS = ["thread", "asyncio", "process", "dask"]
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=False,
+            protocol="tcp://",  # real sockets on loopback, not the in-process transport
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="session")
+def processes() -> Iterator[ProcessBackend]:
+    backend = ProcessBackend(4)
+    backend.warm()
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Any:
+    name = request.param
+    if name == "process":
+        return request.getfixturevalue("processes")
+    if name == "dask":
+        return DaskBackend(request.getfixturevalue("dask_client"))
+    return name
+
+
+def collect(observable: reactivex.Observable[Any], timeout: float = 30.0) -> Recorder:
+    recorder = Recorder()
+    observable.subscribe(recorder.on_next, recorder.on_error, recorder.on_completed)
+    assert recorder.ended.wait(timeout), "the run never ended"
+    return recorder
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_every_job_yields_exactly_one_result(backend: Any, ordered: bool) -> None:
+    failing = frozenset(range(0, 300, 7))
+    with WorkerPool(3, backend=backend) as pool:
+        jobs = (Job(_jobs.fail_on, args=(i, failing), id=i) for i in range(300))
+        out = collect(pool.run(jobs, ordered=ordered))
+    assert not out.errors
+    results: list[Result[int]] = out.values
+    ids = [r.id for r in results]
+    assert sorted(ids) == list(range(300))
+    if ordered:
+        assert ids == list(range(300))
+    for r in results:
+        if r.id in failing:
+            assert isinstance(r.error, ValueError) and r.value is None
+        else:
+            assert r.ok and r.value == r.id
+        assert r.started <= r.finished
+
+
+def test_at_most_n_jobs_at_once(backend: Any) -> None:
+    with WorkerPool(3, backend=backend) as pool:
+        jobs = (Job(_jobs.stamp, args=(i, 0.05), id=i) for i in range(12))
+        results = collect(pool.run(jobs)).values
+    spans = [(r.value[1], r.value[2]) for r in results]
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most <= 3
+    assert most >= 2  # the bound is used, not just respected
+
+
+def test_timeout_reports_job_timeout_and_the_run_goes_on(backend: Any) -> None:
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = [Job(_jobs.sleep_for, args=(1.0,), timeout=0.2, id="slow")] + [
+            Job(_jobs.double, args=(i,), id=i) for i in range(20)
+        ]
+        results = collect(pool.run(jobs)).values
+    by_id = {r.id: r for r in results}
+    assert len(results) == 21
+    assert isinstance(by_id["slow"].error, JobTimeout)
+    assert all(by_id[i].value == 2 * i for i in range(20))
+
+
+def test_retry_until_success(backend: Any, tmp_path: Path) -> None:
+    counter = str(tmp_path / "calls")
+    with WorkerPool(2, backend=backend) as pool:
+        job = Job(_jobs.flaky, args=(counter, 3), retry=Retry(attempts=3, backoff=0.01))
+        (result,) = collect(pool.run([job])).values
+    assert result.ok and result.value == 3 and result.attempt == 3
+
+
+def test_fail_fast_ends_the_stream_with_the_error(backend: Any) -> None:
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = (Job(_jobs.fail_on, args=(i, frozenset({5}))) for i in range(50))
+        out = collect(pool.run(jobs, ordered=True, fail_fast=True))
+    assert len(out.errors) == 1 and isinstance(out.errors[0], ValueError)
+    assert all(r.ok for r in out.values)
+
+
+def test_dispose_emits_nothing_more(backend: Any) -> None:
+    got_one = threading.Event()
+    values: list[Any] = []
+    lock = threading.Lock()
+
+    def on_next(value: Any) -> None:
+        with lock:
+            values.append(value)
+        got_one.set()
+
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = (Job(_jobs.sleep_for, args=(0.02,)) for _ in range(1000))
+        subscription = pool.run(jobs).subscribe(on_next)
+        assert got_one.wait(20)
+        subscription.dispose()
+        with lock:
+            seen = len(values)
+        assert wait_until(lambda: not pool._runs, timeout=20)
+    assert len(values) == seen
+    assert seen < 1000
+
+
+def test_token_cancel_gives_every_taken_job_a_cancelled_result(backend: Any) -> None:
+    token = CancelToken()
+    first = threading.Event()
+
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = (Job(_jobs.sleep_for, args=(0.05,), id=i) for i in range(10_000))
+        recorder = Recorder()
+
+        def on_next(result: Result[Any]) -> None:
+            recorder.on_next(result)
+            first.set()
+
+        pool.run(jobs, token=token).subscribe(on_next, recorder.on_error, recorder.on_completed)
+        assert first.wait(20)
+        token.cancel()
+        assert recorder.completed.wait(20)
+    results: list[Result[Any]] = recorder.values
+    ids = [r.id for r in results]
+    assert len(ids) == len(set(ids)) < 10_000
+    cancelled = [r for r in results if r.error is not None]
+    assert cancelled and all(isinstance(r.error, Cancelled) for r in cancelled)
+
+
+def test_map_concurrent_on_every_backend(backend: Any) -> None:
+    out = reactivex.range(200).pipe(
+        rops.map_concurrent(_jobs.double, 3, ordered=True, backend=backend), ops.to_list()
+    )
+    assert out.run() == [2 * i for i in range(200)]
+    with pytest.raises(ValueError, match="job 9 failed"):
+        reactivex.range(50).pipe(
+            ops.map(lambda x: (x, frozenset({9}))),
+            rops.map_concurrent(_star_fail_on, 2, backend=backend),
+            ops.to_list(),
+        ).run()
+
+
+def _star_fail_on(pair: tuple[int, frozenset[int]]) -> int:
+    return _jobs.fail_on(*pair)
+
+
+def test_bad_input_is_refused_at_the_call(backend: Any) -> None:
+    with WorkerPool(2, backend=backend) as pool:
+        with pytest.raises(TypeError, match=r"jobs\[1\]"):
+            pool.run([Job(abs, args=(1,)), 42])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="jobs must be"):
+            pool.run(42)  # type: ignore[arg-type]
+
+
+# -- backend selection ------------------------------------------------------------------------
+
+
+def test_backend_names_and_objects() -> None:
+    assert isinstance(ProcessBackend(1), Backend)
+    assert isinstance(ThreadBackend(), Backend)
+    for spec in ["thread", "asyncio", ThreadBackend(), AsyncioBackend()]:
+        with WorkerPool(2, backend=spec) as pool:
+            assert pool.backend is spec
+            assert collect(pool.run([Job(abs, args=(-3,))])).values[0].value == 3
+    with pytest.raises(ValueError, match="backend"):
+        WorkerPool(2, backend="gpu")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="backend"):
+        WorkerPool(2, backend=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"distributed\.Client"):
+        DaskBackend(object())
+    with pytest.raises(ValueError, match="chunk_size"):
+        ProcessBackend(2, chunk_size=0)
+    with pytest.raises(ValueError, match="start_method"):
+        ProcessBackend(2, start_method="teleport")
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def test_unpicklable_job_fails_at_once_with_a_clear_result(processes: ProcessBackend) -> None:
+    with WorkerPool(2, backend=processes) as pool:
+        jobs = [
+            Job(lambda: 1, id="lambda"),
+            Job(_jobs.double, args=(threading.Lock(),), id="lock"),
+            Job(_jobs.unpicklable_result, args=(1,), id="result"),
+            Job(_jobs.wants_token, args=(1,), id="token"),
+            Job(_jobs.double, args=(4,), id="fine"),
+        ]
+        results = {r.id: r for r in collect(pool.run(jobs)).values}
+    assert isinstance(results["lambda"].error, rxpool.NotSendable)
+    assert "cannot be pickled" in str(results["lambda"].error)
+    assert isinstance(results["lock"].error, rxpool.NotSendable)
+    assert isinstance(results["result"].error, rxpool.NotSendable)
+    assert "sent back" in str(results["result"].error)
+    assert isinstance(results["token"].error, TypeError)
+    assert "CancelToken cannot cross" in str(results["token"].error)
+    assert results["fine"].value == 8
+
+
+def test_a_crashed_process_is_replaced_and_the_run_goes_on() -> None:
+    backend = ProcessBackend(2, chunk_size=1)
+    try:
+        with WorkerPool(2, backend=backend) as pool:
+            jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(10)]
+            jobs.insert(3, Job(_jobs.die, args=(7,), id="dies"))
+            results = {r.id: r for r in collect(pool.run(jobs)).values}
+            assert isinstance(results["dies"].error, rxpool.WorkerCrashed)
+            assert "exit code 7" in str(results["dies"].error)
+            assert all(results[i].value == 2 * i for i in range(10))
+            assert backend.crashes == 1
+            retried = Job(_jobs.die, args=(1,), retry=Retry(attempts=2, backoff=0))
+            (result,) = collect(pool.run([retried])).values
+            assert result.attempt == 2 and isinstance(result.error, rxpool.WorkerCrashed)
+    finally:
+        backend.close()
+
+
+def test_hard_cancel_kills_the_process_of_a_timed_out_job() -> None:
+    backend = ProcessBackend(1, hard_cancel=True)
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            jobs = [Job(_jobs.sleep_for, args=(30,), timeout=0.2, id="stuck")] + [
+                Job(_jobs.double, args=(i,), id=i) for i in range(3)
+            ]
+            out = collect(pool.run(jobs, ordered=True), timeout=15)
+        results = {r.id: r for r in out.values}
+        assert isinstance(results["stuck"].error, JobTimeout)
+        assert [results[i].value for i in range(3)] == [0, 2, 4]  # not 30 s later
+        assert backend.crashes == 0  # a kill we asked for is not a crash
+    finally:
+        backend.close()
+
+
+def test_chunks_keep_per_job_results() -> None:
+    backend = ProcessBackend(2, chunk_size=50)
+    try:
+        with WorkerPool(2, backend=backend) as pool:
+            failing = frozenset({17, 333})
+            jobs = (Job(_jobs.fail_on, args=(i, failing), id=i) for i in range(1000))
+            results = collect(pool.run(jobs, ordered=True)).values
+        assert [r.id for r in results] == list(range(1000))
+        assert {r.id for r in results if not r.ok} == failing
+        assert all(r.value == r.id for r in results if r.ok)
+    finally:
+        backend.close()
+
+
+def test_pool_owned_processes_stop_with_the_pool() -> None:
+    import multiprocessing
+
+    before = len(multiprocessing.active_children())
+    with WorkerPool(2, backend="process") as pool:
+        assert sorted(pool.map(_jobs.double, range(5))) == [0, 2, 4, 6, 8]
+    assert wait_until(lambda: len(multiprocessing.active_children()) <= before)
+
+
+# -- Dask with worker processes ------------------------------------------------------------
+
+
+def test_dask_worker_processes_lost_worker_and_dispose() -> None:
+    import dask
+    from distributed import Client, LocalCluster
+
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        backend = DaskBackend(client, chunk_size=1)
+        with WorkerPool(2, backend=backend) as pool:
+            jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(6)]
+            jobs.insert(2, Job(_jobs.die, args=(3,), id="dies"))
+            results = {r.id: r for r in collect(pool.run(jobs), timeout=60).values}
+            assert isinstance(results["dies"].error, rxpool.WorkerCrashed)
+            assert all(results[i].value == 2 * i for i in range(6))
+
+            got = threading.Event()
+            long = (Job(_jobs.sleep_for, args=(0.2,)) for _ in range(100))
+            subscription = pool.run(long).subscribe(lambda _: got.set())
+            assert got.wait(30)
+            subscription.dispose()
+            # Queued jobs never reach the cluster; pending futures are cancelled.
+            assert wait_until(lambda: not client.futures, timeout=20)
