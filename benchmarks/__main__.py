@@ -43,6 +43,10 @@ class Sizes:
     cancel_trials: int
     asyncio_jobs: int
     hangup_trials: int
+    cpu_jobs: int
+    cpu_seconds: float
+    chunk_jobs: int
+    dask_jobs: int
     repeats: int
 
 
@@ -61,6 +65,10 @@ FULL = Sizes(
     cancel_trials=200,
     asyncio_jobs=50_000,
     hangup_trials=50,
+    cpu_jobs=200,
+    cpu_seconds=0.02,
+    chunk_jobs=20_000,
+    dask_jobs=600,
     repeats=5,
 )
 
@@ -79,6 +87,10 @@ TINY = Sizes(
     cancel_trials=10,
     asyncio_jobs=500,
     hangup_trials=3,
+    cpu_jobs=10,
+    cpu_seconds=0.005,
+    chunk_jobs=500,
+    dask_jobs=40,
     repeats=1,
 )
 
@@ -396,6 +408,53 @@ def asyncio_section(report: Report) -> None:
     )
 
 
+def backends_section(report: Report) -> None:
+    """CPU-bound work on processes, trivial jobs in chunks, and Dask."""
+    from . import backends_bench as bb
+
+    s = report.sizes
+    cpu, n = bb.cpu_bound(s.cpu_jobs, s.cpu_seconds, s.repeats)
+    ours = cpu["rxpool WorkerPool(backend=ProcessBackend)"]
+    serial = cpu["serial"]
+    best_name, best = min(
+        ((name, t) for name, t in cpu.items() if "ProcessPool" in name or "loky" in name),
+        key=lambda item: item[1],
+    )
+    rows = [[name, f"{t:.3f}", f"{serial / t:.2f}x"] for name, t in cpu.items()]
+    report.target(
+        "process backend CPU-bound vs serial", ">= 1.9x", serial / ours, serial / ours >= 1.9
+    )
+    report.target(
+        "process backend CPU-bound vs best of PPE/loky", ">= 1.0x", best / ours, best / ours >= 1.0
+    )
+    chunked = bb.trivial_chunked(s.chunk_jobs, s.repeats)
+    ppe = chunked["ProcessPoolExecutor.map chunksize=1"]
+    mine = chunked["rxpool WorkerPool(backend=ProcessBackend), automatic chunks"]
+    chunk_rows = [[name, f"{t:.3f}", f"{s.chunk_jobs / t:,.0f}"] for name, t in chunked.items()]
+    report.target(
+        "process backend chunked vs PPE.map chunksize=1", ">= 3x", ppe / mine, ppe / mine >= 3
+    )
+    dask = bb.dask_trivial(s.dask_jobs, s.repeats)
+    raw = dask["raw client.submit + callbacks"]
+    dask_rows = [[name, f"{rate:,.0f}", f"{rate / raw:.2f}x"] for name, rate in dask.items()]
+    single = dask["rxpool DaskBackend, chunk_size=1"] / raw
+    many = dask["rxpool DaskBackend, automatic chunks"] / raw
+    report.target("Dask backend vs raw client.submit", ">= 0.9x", single, single >= 0.9)
+    report.target("Dask backend chunked vs raw client.submit", ">= 10x", many, many >= 10)
+    report.data["backends"] = {"cpu": cpu, "chunked": chunked, "dask": dask}
+    report.section(
+        f"## 8. Backends\n\nCPU-bound pure-Python jobs: {s.cpu_jobs} calls of `cpu({n:,})`"
+        f" (about {s.cpu_seconds * 1000:.0f} ms each), {os.cpu_count()} processes; best of"
+        f" the alternatives: {best_name}.\n\n"
+        + table(["contender", "makespan (s)", "vs serial"], rows)
+        + f"\n\nTrivial jobs (`x * 2`), {s.chunk_jobs:,} of them, on processes:\n\n"
+        + table(["contender", "makespan (s)", "jobs/s"], chunk_rows)
+        + f"\n\nDask (`LocalCluster` on 127.0.0.1, 2 workers x 2 threads), {s.dask_jobs:,}"
+        " trivial jobs, at most 4 tasks in flight:\n\n"
+        + table(["contender", "jobs/s", "vs raw submit"], dask_rows)
+    )
+
+
 def _ratio(rates: dict[str, float], base: float) -> tuple[float, bool]:
     ratio = rates["rxpool aiter(WorkerPool.run), thread jobs"] / base
     return ratio, ratio >= 1.0
@@ -540,6 +599,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {
     "queue": queue_cost,
     "cancel": cancellation,
     "asyncio": asyncio_section,
+    "backends": backends_section,
 }
 
 

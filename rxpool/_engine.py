@@ -814,12 +814,14 @@ class _Run(Generic[_T, _R]):
         finished = _monotonic()
         remote_total = sum(seconds for _, _, seconds in outcomes)
         self._chunk_stats.compute = remote_total
-        # Spread the chunk's wall time over its calls in proportion to their own time.
-        scale = (finished - started) / remote_total if remote_total > 0 else 0.0
+        # Spread the chunk's wall time over its calls in proportion to their own
+        # time (evenly when the backend does not know it).
+        wall = finished - started
         timed = []
         at = started
         for ok, value, seconds in outcomes:
-            end = at + seconds * scale
+            share = seconds / remote_total if remote_total > 0 else 1 / len(outcomes)
+            end = at + wall * share
             timed.append((ok, value, at, end))
             at = end
         return timed, True

@@ -347,7 +347,14 @@ class DaskBackend:
         if token.cancelled:
             raise token.new_error()
         done = threading.Event()
-        future: Any = self.client.submit(run_calls, list(calls), pure=False)
+        # One plain call goes as itself (as a hand-written client.submit would);
+        # a chunk goes as one task that runs its calls and returns their outcomes.
+        single = len(calls) == 1 and not calls[0][2]
+        if single:
+            fn, args, _ = calls[0]
+            future: Any = self.client.submit(fn, *args, pure=False)
+        else:
+            future = self.client.submit(run_calls, list(calls), pure=False)
         future.add_done_callback(lambda _: done.set())
         link = token.on_cancel(future.cancel)
         try:
@@ -355,17 +362,21 @@ class DaskBackend:
             if token.cancelled:
                 raise token.new_error()
             try:
-                outcomes: list[Outcome] = future.result()
+                value = future.result()
             except KilledWorker as error:
                 raise WorkerCrashed(f"the Dask worker running the job died: {error}") from None
-            except Exception as error:  # the chunk could not be sent or run at all
+            except Exception as error:  # the job raised, or could not be sent or run
                 if future.cancelled():
                     raise token.new_error() from None
+                if single:
+                    return [(False, error, 0.0)]  # its own time is not known here
                 return [(False, error, 0.0)] * len(calls)
+            if single:
+                return [(True, value, 0.0)]
+            outcomes: list[Outcome] = value
             return outcomes
         finally:
-            link.dispose()
-            future.release()
+            link.dispose()  # the future is released when dropped, as a plain submit's is
 
     def close(self) -> None:
         """Nothing to release: the client belongs to the caller."""

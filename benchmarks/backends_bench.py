@@ -1,0 +1,183 @@
+"""Backend figures: CPU-bound work on processes, trivial jobs with chunking, Dask.
+
+Every contender is created once and warmed (its processes or cluster up)
+before timing, as a service keeps them; contenders alternate within each
+repetition and the median is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import rxpool
+from rxpool import Job, WorkerPool
+from rxpool.backends import DaskBackend, ProcessBackend
+
+
+def cpu(n: int) -> int:
+    """Pure-Python CPU work (module level: the worker processes import it)."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def calibrate(seconds: float) -> int:
+    """The ``n`` for which ``cpu(n)`` takes about ``seconds`` here."""
+    n = 10_000
+    while True:
+        started = time.perf_counter()
+        cpu(n)
+        took = time.perf_counter() - started
+        if took > 0.005:
+            return max(1, round(n * seconds / took))
+        n *= 2
+
+
+def alternate(runs: dict[str, Callable[[], int]], repeats: int, expected: int) -> dict[str, float]:
+    for fn in runs.values():  # warm up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            started = time.perf_counter()
+            count = runs[name]()
+            times[name].append(time.perf_counter() - started)
+            if count != expected:
+                raise AssertionError(f"{name} gave {count} results, expected {expected}")
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _pool_run(pool: WorkerPool, fn: Callable[[int], Any], inputs: list[int]) -> int:
+    results = rxpool.iterate(pool.run(Job(fn, args=(x,)) for x in inputs))
+    count = 0
+    for result in results:
+        if not result.ok:
+            raise result.error  # type: ignore[misc]
+        count += 1
+    return count
+
+
+def cpu_bound(jobs: int, seconds: float, repeats: int) -> tuple[dict[str, float], float]:
+    """Makespans (s) of CPU-bound jobs: serial, rxpool processes, ProcessPoolExecutor, loky."""
+    from joblib import Parallel, delayed
+
+    workers = os.cpu_count() or 1
+    n = calibrate(seconds)
+    inputs = [n] * jobs
+    backend = ProcessBackend(workers)
+    backend.warm()
+    pool = WorkerPool(workers, backend=backend)
+    executor = ProcessPoolExecutor(workers)
+    parallel = Parallel(n_jobs=workers, backend="loky")
+    runs: dict[str, Callable[[], int]] = {
+        "serial": lambda: len([cpu(x) for x in inputs]),
+        "rxpool WorkerPool(backend=ProcessBackend)": lambda: _pool_run(pool, cpu, inputs),
+    }
+    for chunksize in (1, 4, 16):
+        runs[f"ProcessPoolExecutor.map chunksize={chunksize}"] = (
+            lambda c=chunksize: len(list(executor.map(cpu, inputs, chunksize=c)))  # type: ignore[misc]
+        )
+    runs["joblib loky"] = lambda: len(parallel(delayed(cpu)(x) for x in inputs))
+    try:
+        medians = alternate(runs, repeats, jobs)
+    finally:
+        pool.close()
+        backend.close()
+        executor.shutdown()
+    return medians, n
+
+
+def trivial_chunked(jobs: int, repeats: int) -> dict[str, float]:
+    """Makespans (s) of trivial jobs: rxpool processes with automatic chunks vs PPE.map."""
+    workers = os.cpu_count() or 1
+    inputs = list(range(jobs))
+    backend = ProcessBackend(workers)
+    backend.warm()
+    pool = WorkerPool(workers, backend=backend)
+    executor = ProcessPoolExecutor(workers)
+    runs: dict[str, Callable[[], int]] = {
+        "rxpool WorkerPool(backend=ProcessBackend), automatic chunks": lambda: _pool_run(
+            pool, double, inputs
+        ),
+        "ProcessPoolExecutor.map chunksize=1": lambda: len(list(executor.map(double, inputs))),
+    }
+    try:
+        return alternate(runs, repeats, jobs)
+    finally:
+        pool.close()
+        backend.close()
+        executor.shutdown()
+
+
+def raw_submit(client: Any, inputs: list[int], bound: int) -> int:
+    """``client.submit`` with done-callbacks, at most ``bound`` tasks in flight."""
+    done = threading.Event()
+    lock = threading.Lock()
+    feed = iter(inputs)
+    finished = 0
+
+    def submit_next() -> None:
+        with lock:
+            x = next(feed, None)
+        if x is not None:
+            client.submit(double, x, pure=False).add_done_callback(on_done)
+
+    def on_done(future: Any) -> None:
+        nonlocal finished
+        future.result()
+        with lock:
+            finished += 1
+            last = finished == len(inputs)
+        if last:
+            done.set()
+        else:
+            submit_next()
+
+    for _ in range(bound):
+        submit_next()
+    done.wait()
+    return finished
+
+
+def dask_trivial(jobs: int, repeats: int) -> dict[str, float]:
+    """Tasks/s: raw submit with callbacks vs rxpool's DaskBackend, one job per task and chunked."""
+    from distributed import Client, LocalCluster
+
+    workers = 4
+    inputs = list(range(jobs))
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=False,
+            protocol="tcp://",
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        single = WorkerPool(workers, backend=DaskBackend(client, chunk_size=1))
+        chunked = WorkerPool(workers, backend=DaskBackend(client))
+        runs: dict[str, Callable[[], int]] = {
+            "raw client.submit + callbacks": lambda: raw_submit(client, inputs, workers),
+            "rxpool DaskBackend, chunk_size=1": lambda: _pool_run(single, double, inputs),
+            "rxpool DaskBackend, automatic chunks": lambda: _pool_run(chunked, double, inputs),
+        }
+        try:
+            medians = alternate(runs, repeats, jobs)
+        finally:
+            single.close()
+            chunked.close()
+    return {name: jobs / t for name, t in medians.items()}
