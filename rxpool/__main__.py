@@ -6,15 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from . import _cli
+from ._cli import _positive_int
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,15 +18,30 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the worker-pool demo end to end")
     demo.add_argument("--jobs", type=_positive_int, default=2000, help="jobs in the full run")
     demo.add_argument("--workers", type=_positive_int, default=50, help="workers (N)")
+    mapper = commands.add_parser(
+        "map",
+        help="run MODULE:FUNCTION over input lines, writing one JSON line per result",
+        description=_cli.__doc__.split("\n\n", 1)[1] if _cli.__doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _cli.add_arguments(mapper)
+    mapper.set_defaults(command_parser=mapper)  # its errors name its usage
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "demo":
         from ._demo import main as demo
 
         return demo(sys.stdout, jobs=args.jobs, workers=args.workers)
+    if args.command == "map":
+        try:
+            return _cli.run_map(args, args.command_parser, sys.stdin, sys.stdout, sys.stderr)
+        except KeyboardInterrupt:  # a second Ctrl-C while the first one's results drain
+            print("rxpool map: interrupted", file=sys.stderr)
+            return 130
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

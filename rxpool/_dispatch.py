@@ -16,6 +16,7 @@ from ._aio import LoopSlots, LoopThread, running_loop
 from ._engine import Counters, JobRun, _Run
 from ._intake import Policy
 from ._job import Job, Result
+from ._stats import Tracker
 from ._threads import SchedulerSlots, ThreadRunner, can_block
 from ._token import CancelToken
 from .backends import AsyncioBackend, Backend, ThreadBackend
@@ -200,6 +201,7 @@ def job_observable(
         run = JobRun(
             observer,
             policy,
+            tracker=Tracker() if owner is not None else None,
             parent_token=token,
             counters=owner.counters if owner is not None else None,
             on_finished=owner.forget if owner is not None else None,

@@ -48,6 +48,7 @@ from ._intake import Policy, PriorityBuffer, RateLimiter, evict
 from ._job import Job, Result, is_coroutine_function
 from ._remote import Call, Outcome
 from ._retry import Retry, chain
+from ._stats import ProgressBar, Tracker
 from ._timers import Timer, call_later
 from ._token import CancelToken
 from .backends import Backend
@@ -113,6 +114,7 @@ class _Run(Generic[_T, _R]):
         on_finished: Callable[[_Run[Any, Any]], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         remote: Backend | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self._observer = observer
         self._policy = policy
@@ -182,6 +184,32 @@ class _Run(Generic[_T, _R]):
         self._token = CancelToken(parent=parent_token)
         self._token_link: abc.DisposableBase | None = None
 
+        # Counting (WorkerPool.statistics, progress bars): None costs nothing.
+        if tracker is None and policy.progress:
+            tracker = Tracker()
+        self.tracker = tracker
+        self._count: Callable[[Any], None] | None = None
+        self._progress: ProgressBar | None = None
+        if tracker is not None:
+            self._count = self._counter(tracker)
+            tracker.queued = self._waiting
+
+    def _counter(self, tracker: Tracker) -> Callable[[Any], None]:
+        """How the emitter counts one value (a `Result`, or a plain value)."""
+        return tracker.value
+
+    def _waiting(self) -> int:
+        """Items waiting for a slot or a retry (read without the lock: a snapshot)."""
+        return len(self._buffer) + len(self._retry_queue) + len(self._retry_waiting)
+
+    def _running(self) -> int:
+        return max(0, self._pending - len(self._retry_queue) - len(self._retry_waiting))
+
+    def _begin(self) -> None:
+        """The run starts: its progress bar, if asked for."""
+        if self._policy.progress and self.tracker is not None:
+            self._progress = ProgressBar(self.tracker, self._policy.total, self._running)
+
     def _clock_now(self) -> float:
         """Now, on the clock timers use (the virtual one on a virtual-time scheduler)."""
         return self._now()
@@ -197,6 +225,7 @@ class _Run(Generic[_T, _R]):
 
     def start_iterator(self, iterator: Iterator[Any]) -> abc.DisposableBase:
         self._iterator = iterator
+        self._begin()
         self._watch_token()
         self._kick()
         return Disposable(self.dispose)
@@ -205,6 +234,7 @@ class _Run(Generic[_T, _R]):
         """Pull an async iterator (loop mode only): slots await its next item when free."""
         assert self._loop_slots is not None
         self._aiterator = aiterator
+        self._begin()
         self._watch_token()
         self._kick()
         return Disposable(self.dispose)
@@ -212,6 +242,7 @@ class _Run(Generic[_T, _R]):
     def start_observable(
         self, source: Observable[Any], scheduler: abc.SchedulerBase | None
     ) -> abc.DisposableBase:
+        self._begin()
         self._watch_token()
         if not self._stopped:
             self._source_subscription.disposable = source.subscribe(
@@ -619,6 +650,8 @@ class _Run(Generic[_T, _R]):
         return want
 
     def _register(self, items: list[Any]) -> tuple[int, list[Any], None]:
+        if self.tracker is not None:
+            self.tracker.taken += len(items)
         first = self._seq
         self._seq = first + len(items)
         self._pending += len(items)
@@ -735,6 +768,8 @@ class _Run(Generic[_T, _R]):
         with self._lock:
             if self._stopped:
                 return
+            if self.tracker is not None:
+                self.tracker.retried += 1
             self._retry_waiting[seq] = (item, call_later(delay, requeue, self._virtual))
 
     def _expire(self, cursor: _Cursor, running: _Running) -> None:
@@ -915,6 +950,7 @@ class _Run(Generic[_T, _R]):
         self._draining = True
         outbox = self._outbox
         observer = self._observer
+        count = self._count
         try:
             while outbox and not self._disposed:
                 value = outbox.popleft()
@@ -929,6 +965,8 @@ class _Run(Generic[_T, _R]):
                     except Exception:
                         _log.exception("rxpool: the subscriber's terminal handler raised")
                     return
+                if count is not None:
+                    count(value)
                 try:
                     observer.on_next(value)
                 except Exception as error:
@@ -1010,6 +1048,8 @@ class _Run(Generic[_T, _R]):
         self._source_subscription.dispose()
         if self._loop_slots is not None:
             self._loop_slots.cancel()  # slot tasks still awaiting a job or the source
+        if self._progress is not None:
+            self._progress.close()
         link, self._token_link = self._token_link, None
         if link is not None:
             link.dispose()
@@ -1239,6 +1279,9 @@ class JobRun(_Run[Job[Any], Result[Any]]):
     def __init__(self, observer: abc.ObserverBase[Result[Any]], policy: Policy, **kw: Any) -> None:
         super().__init__(observer, policy, **kw)
         self._tracked = True  # every job taken is accounted for, even on cancel
+
+    def _counter(self, tracker: Tracker) -> Callable[[Any], None]:
+        return tracker.result
 
     def _admit(self, item: Any) -> Any:
         if type(item) is not Job and not isinstance(item, Job):

@@ -34,6 +34,8 @@ class Policy:
     timeout: float | None = None
     retry: Retry | None = None
     fail_fast: bool = False
+    progress: bool = False
+    total: int | None = None  # jobs the source will give, for the progress bar's ETA
 
 
 def make_policy(
@@ -48,6 +50,8 @@ def make_policy(
     timeout: object = None,
     retry: object = None,
     fail_fast: object = False,
+    progress: object = False,
+    total: object = None,
 ) -> Policy:
     """Check every option, naming the argument and what was expected."""
     n = check_count("max_concurrent", max_concurrent)
@@ -70,6 +74,13 @@ def make_policy(
         raise TypeError(f"retry must be an rxpool.Retry or None, got {type(retry).__name__}")
     check_bool("fail_fast", fail_fast)
     assert isinstance(fail_fast, bool)
+    check_bool("progress", progress)
+    assert isinstance(progress, bool)
+    if total is not None:
+        if isinstance(total, bool) or not isinstance(total, int):
+            raise TypeError(f"total must be an int or None, got {type(total).__name__}")
+        if total < 0:
+            raise ValueError(f"total must be >= 0, got {total}")
     return Policy(
         max_concurrent=n,
         ordered=ordered,
@@ -82,6 +93,8 @@ def make_policy(
         timeout=check_timeout(timeout),
         retry=retry,
         fail_fast=fail_fast,
+        progress=progress,
+        total=total,
     )
 
 

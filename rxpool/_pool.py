@@ -7,10 +7,12 @@ import concurrent.futures
 import enum
 import sys
 import threading
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sized
 from typing import Any, TypeVar
 
+import reactivex
 from reactivex import Observable, abc
+from reactivex import operators as ops
 from reactivex.subject import Subject
 
 from ._aio import cancellable, run_coroutine, running_loop
@@ -21,6 +23,7 @@ from ._exceptions import Cancelled, PoolClosed
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result, is_coroutine_function, wants_token
 from ._retry import Retry
+from ._stats import PoolStats, Statistics
 from ._threads import ThreadRunner
 from ._token import CancelToken
 from .backends import Backend, ProcessBackend
@@ -113,6 +116,7 @@ class WorkerPool:
         self._idle = threading.Condition(self._lock)  # notified when the last run ends
         self._runs: set[JobRun] = set()
         self.counters = Counters()
+        self._stats = PoolStats()
 
     @property
     def workers(self) -> int:
@@ -142,6 +146,8 @@ class WorkerPool:
         timeout: float | None = None,
         retry: Retry | None = None,
         fail_fast: bool = False,
+        progress: bool = False,
+        total: int | None = None,
     ) -> Observable[Result[Any]]:
         """Run ``jobs``; a cold Observable with one `Result` per job taken.
 
@@ -154,7 +160,10 @@ class WorkerPool:
         `rxpool.operators.run_jobs`; ``rate`` / ``burst`` limit how many jobs
         start per second, whatever the source. ``timeout``, ``retry`` and
         ``fail_fast`` are as in `rxpool.operators.run_jobs` (a `Job`'s own
-        ``timeout`` / ``retry`` win over these defaults).
+        ``timeout`` / ``retry`` win over these defaults). ``progress=True``
+        draws a live bar on stderr (done / failed / running, rate, and an ETA
+        when ``total`` is given or ``jobs`` has a length), refreshed ten times
+        a second; silent when stderr is not a terminal (``progress`` extra).
 
         **Ordering**: as jobs finish; with ``ordered=True`` in input order.
         **Threading**: ``on_next`` runs on a pool thread, one at a time (on the
@@ -198,6 +207,8 @@ class WorkerPool:
             timeout=timeout,
             retry=retry,
             fail_fast=fail_fast,
+            progress=progress,
+            total=total if total is not None else _length(jobs),
         )
         return job_observable(
             jobs,
@@ -220,6 +231,7 @@ class WorkerPool:
         retry: Retry | None = None,
         token: CancelToken | None = None,
         maxsize: int = 1024,
+        progress: bool = False,
     ) -> Iterator[_R]:
         """``fn`` over the iterables' items, at most ``workers`` at once: an iterator of values.
 
@@ -247,7 +259,16 @@ class WorkerPool:
                 )
         check_count("maxsize", maxsize)
         jobs = (Job(fn, args=args) for args in zip(*iterables, strict=False))
-        results = self.run(jobs, ordered=ordered, timeout=timeout, retry=retry, token=token)
+        total = _length(iterables[0]) if len(iterables) == 1 else None
+        results = self.run(
+            jobs,
+            ordered=ordered,
+            timeout=timeout,
+            retry=retry,
+            token=token,
+            progress=progress,
+            total=total,
+        )
         return _values(iterate(results, maxsize=maxsize))
 
     def submit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> _JobFuture[_R]:
@@ -386,15 +407,41 @@ class WorkerPool:
         with self.counters.lock:
             return self.counters.abandoned
 
+    def statistics(self) -> Statistics:
+        """A frozen snapshot of the pool's work so far, over all its runs.
+
+        Counts (submitted, queued, running, succeeded, failed, timed out,
+        cancelled, retried, dropped), latency percentiles of recent jobs and
+        the throughput since the first job. Cheap enough to poll: it adds up
+        per-run counters that the runs keep anyway.
+        """
+        return self._stats.snapshot()
+
+    def statistics_stream(self, interval: float = 1.0) -> Observable[Statistics]:
+        """An Observable of `statistics` snapshots every ``interval`` seconds, for dashboards.
+
+        Raises:
+            TypeError / ValueError: ``interval`` is not a number > 0.
+        """
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise TypeError(f"interval must be a number of seconds, got {type(interval).__name__}")
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        return reactivex.interval(interval).pipe(ops.map(lambda _: self.statistics()))
+
     def adopt(self, run: JobRun) -> None:
         """Register a run as it subscribes; refuse it once the pool is closed."""
         with self._lock:
             if self._state is _State.CLOSED:
                 raise PoolClosed("the WorkerPool is closed")
             self._runs.add(run)
+        if run.tracker is not None:
+            self._stats.open(run.tracker)
 
     def forget(self, run: _Run[Any, Any]) -> None:
         """A run has ended."""
+        if run.tracker is not None:
+            self._stats.close(run.tracker)
         with self._lock:
             self._runs.discard(run)
             if self._runs:
@@ -512,6 +559,13 @@ class _JobFuture(concurrent.futures.Future[_R]):
         if cancelled:
             self.token.cancel("the future was cancelled")
         return cancelled
+
+
+def _length(jobs: object) -> int | None:
+    """How many jobs a source will give, when it says (a list, a range...)."""
+    if isinstance(jobs, Sized) and not isinstance(jobs, Observable):
+        return len(jobs)
+    return None
 
 
 def _values(results: Iterator[Result[Any]]) -> Iterator[Any]:

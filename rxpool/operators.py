@@ -88,6 +88,8 @@ def map_concurrent(
     timeout: float | None = None,
     retry: Retry | None = None,
     backend: BackendSpec | None = None,
+    progress: bool = False,
+    total: int | None = None,
 ) -> Callable[[Observable[_T]], Observable[_R]]:
     """Call ``fn(item)`` on worker threads, at most ``max_concurrent`` at once.
 
@@ -140,6 +142,9 @@ def map_concurrent(
             process-wide `ProcessBackend`, one process per CPU, stopped at
             exit); or a backend object from `rxpool.backends`. Default:
             ``"asyncio"`` for an ``async def`` ``fn``, else ``"thread"``.
+        progress: Draw a live progress bar on stderr (silent when stderr is
+            not a terminal; needs the ``progress`` extra).
+        total: How many items the source will give, for the bar's ETA.
 
     Raises:
         TypeError: ``fn`` is not callable, or an argument has the wrong type.
@@ -158,6 +163,8 @@ def map_concurrent(
         on_drop=on_drop,
         timeout=timeout,
         retry=retry,
+        progress=progress,
+        total=total,
     )
     pass_token = wants_token(fn)
     mode, remote, loop = resolve_backend(
@@ -202,6 +209,8 @@ def run_jobs(
     retry: Retry | None = None,
     fail_fast: bool = False,
     backend: BackendSpec | None = None,
+    progress: bool = False,
+    total: int | None = None,
 ) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
     """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
 
@@ -244,6 +253,8 @@ def run_jobs(
         fail_fast: End the stream with the first failed job's error (not its
             `Result`) and cancel the rest, as Go's ``errgroup`` does.
         backend: As for `map_concurrent` (default ``"thread"``).
+        progress: Draw a live progress bar on stderr (as in `map_concurrent`).
+        total: How many jobs the source will give, for the bar's ETA.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -261,6 +272,8 @@ def run_jobs(
         timeout=timeout,
         retry=retry,
         fail_fast=fail_fast,
+        progress=progress,
+        total=total,
     )
     mode, remote, loop = resolve_backend(
         None if backend is None else check_backend(backend), default_process_backend

@@ -1,0 +1,280 @@
+"""``rxpool map MODULE:FUNCTION [INPUT]``: a function over lines of input, N at a time.
+
+Input is read lazily, one line per job: a JSON value is the function's one
+argument; a JSON object with ``args`` (a list) and/or ``kwargs`` (an object)
+is spread into the call; with ``--text`` each line, without its newline, is
+the argument. Blank lines are skipped. A line that cannot be parsed becomes a
+failed result naming its line number. Each result is one JSON line on stdout,
+written as it arrives: ``id`` (the line number), ``value`` or ``error``
+(``type`` and ``message``), ``attempt``, ``started`` and ``finished`` (Unix
+times), ``seconds``.
+
+Exit status: 0 when every job succeeded, 1 when some failed (a summary on
+stderr), 2 for bad usage, 130 after Ctrl-C (the run is cancelled, and every
+result it still gives, finished or cancelled, is written first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import queue
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from ._exceptions import Cancelled
+from ._job import Job, Result
+from ._pool import WorkerPool
+from ._retry import Retry
+from ._token import CancelToken
+
+_DONE = object()
+
+
+def resolve(spec: str) -> Callable[..., Any]:
+    """Import ``MODULE:FUNCTION`` (the current directory first on the path); ValueError if not."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected MODULE:FUNCTION, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as error:
+        raise ValueError(f"cannot import module {module_name!r}: {error}") from None
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable (it is a {type(target).__name__})")
+    return target  # type: ignore[no-any-return]
+
+
+def _bad_line(message: str) -> None:
+    raise ValueError(message)
+
+
+def read_jobs(lines: IO[str], fn: Callable[..., Any], text: bool) -> Iterator[Job[Any]]:
+    """One job per non-blank line, lazily; a bad line is a job that fails with its reason."""
+    for number, line in enumerate(lines, 1):
+        stripped = line.rstrip("\r\n")
+        if not stripped.strip():
+            continue
+        if text:
+            yield Job(fn, args=(stripped,), id=number)
+            continue
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError as error:
+            yield Job(_bad_line, args=(f"line {number}: not valid JSON: {error}",), id=number)
+            continue
+        if isinstance(value, dict) and value and set(value) <= {"args", "kwargs"}:
+            args = value.get("args", [])
+            kwargs = value.get("kwargs", {})
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                reason = f"line {number}: 'args' must be a list and 'kwargs' an object"
+                yield Job(_bad_line, args=(reason,), id=number)
+                continue
+            yield Job(fn, args=tuple(args), kwargs=kwargs, id=number)
+        else:
+            yield Job(fn, args=(value,), id=number)
+
+
+# Results carry monotonic times; the command line writes Unix times.
+_EPOCH = time.time() - time.monotonic()
+
+
+def to_line(result: Result[Any]) -> str:
+    """The JSON line for one result (a value JSON cannot hold is written as its repr)."""
+    record: dict[str, Any] = {"id": result.id}
+    if result.error is None:
+        record["value"] = result.value
+    else:
+        record["error"] = {"type": type(result.error).__name__, "message": str(result.error)}
+    record.update(
+        attempt=result.attempt,
+        started=round(_EPOCH + result.started, 6),
+        finished=round(_EPOCH + result.finished, 6),
+        seconds=round(result.duration, 6),
+    )
+    return json.dumps(record, default=repr)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("function", metavar="MODULE:FUNCTION", help="the function to call")
+    parser.add_argument(
+        "input",
+        metavar="INPUT",
+        nargs="?",
+        default="-",
+        help="a file of input lines; '-' or nothing for stdin",
+    )
+    parser.add_argument("--text", action="store_true", help="each line is a plain string")
+    parser.add_argument("--workers", type=_positive_int, default=8, help="jobs at once (8)")
+    parser.add_argument("--ordered", action="store_true", help="results in input order")
+    parser.add_argument("--timeout", type=_positive_float, help="seconds a job may run")
+    parser.add_argument(
+        "--retries", type=_non_negative_int, default=0, help="retries of a failed job (0)"
+    )
+    parser.add_argument("--rate", type=_positive_float, help="jobs started per second at most")
+    parser.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first failure (exit 1)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["thread", "process", "asyncio"],
+        default="thread",
+        help="where jobs run (thread)",
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help="a live progress bar on stderr (a terminal)"
+    )
+
+
+def run_map(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    stdin: IO[str],
+    stdout: IO[str],
+    stderr: IO[str],
+) -> int:
+    try:
+        fn = resolve(args.function)
+    except ValueError as error:
+        parser.error(str(error))  # exits 2 with the usage line
+    try:
+        lines = stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    except OSError as error:
+        parser.error(f"cannot read {args.input}: {error.strerror}")
+    token = CancelToken()
+    outcomes: Counter[str] = Counter()
+    retry = Retry(attempts=args.retries + 1) if args.retries else None
+    interrupted = True  # until the results were drained without Ctrl-C
+    started = time.perf_counter()
+    pool = WorkerPool(args.workers, backend=args.backend)
+    try:
+        results = pool.run(
+            read_jobs(lines, fn, args.text),
+            token=token,
+            ordered=args.ordered,
+            timeout=args.timeout,
+            retry=retry,
+            rate=args.rate,
+            fail_fast=args.fail_fast,
+            progress=args.progress,
+            total=_count_jobs(args.input) if args.progress else None,
+        )
+        handoff: queue.Queue[Any] = queue.Queue(maxsize=1024)
+        subscription = results.subscribe(
+            handoff.put, lambda error: handoff.put(_Failed(error)), lambda: handoff.put(_DONE)
+        )
+        try:
+            interrupted = _drain(handoff, token, stdout, outcomes)
+        finally:
+            subscription.dispose()
+    finally:
+        # After Ctrl-C, jobs still running (their results are written as
+        # cancelled) are not waited for: their threads end with the process.
+        pool.close(wait=not interrupted, cancel_pending=interrupted)
+        if lines is not stdin:
+            lines.close()
+    return _summary(outcomes, interrupted, time.perf_counter() - started, stderr)
+
+
+def _count_jobs(path: str) -> int | None:
+    """Non-blank lines of a regular file, for the progress bar's ETA (None for stdin, pipes)."""
+    if path == "-" or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as lines:
+        return sum(1 for line in lines if line.strip())
+
+
+class _Failed:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _drain(
+    handoff: queue.Queue[Any], token: CancelToken, stdout: IO[str], outcomes: Counter[str]
+) -> bool:
+    """Write results as they come; Ctrl-C cancels the run and writes what it still gives."""
+    interrupted = False
+    while True:
+        try:
+            item = handoff.get()
+        except KeyboardInterrupt:
+            if interrupted:
+                raise  # a second Ctrl-C: stop now
+            interrupted = True
+            token.cancel("interrupted (Ctrl-C)")
+            continue
+        if item is _DONE:
+            return interrupted
+        if isinstance(item, _Failed):  # --fail-fast, or the input could not be read
+            outcomes[type(item.error).__name__] += 1
+            print(
+                f"rxpool map: stopped: {type(item.error).__name__}: {item.error}", file=sys.stderr
+            )
+            return interrupted
+        result: Result[Any] = item
+        outcomes["ok" if result.ok else type(result.error).__name__] += 1
+        stdout.write(to_line(result) + "\n")
+        stdout.flush()
+
+
+def _summary(outcomes: Counter[str], interrupted: bool, seconds: float, stderr: IO[str]) -> int:
+    ok = outcomes.pop("ok", 0)
+    failed = sum(outcomes.values())
+    if interrupted:
+        cancelled = outcomes.get(Cancelled.__name__, 0)
+        print(
+            f"rxpool map: interrupted after {seconds:.1f}s: {ok} succeeded,"
+            f" {cancelled} cancelled, {failed - cancelled} failed",
+            file=stderr,
+        )
+        return 130
+    if failed:
+        kinds = ", ".join(f"{n} {name}" for name, n in outcomes.most_common())
+        print(
+            f"rxpool map: {failed} of {ok + failed} jobs failed ({kinds}) in {seconds:.1f}s",
+            file=stderr,
+        )
+        return 1
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
