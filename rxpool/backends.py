@@ -376,7 +376,11 @@ class DaskBackend:
             outcomes: list[Outcome] = value
             return outcomes
         finally:
-            link.dispose()  # the future is released when dropped, as a plain submit's is
+            link.dispose()
+            if future.status != "finished":
+                # Cancelled or failed: let the cluster forget it now. A finished
+                # future is released when dropped, as a plain submit's is.
+                future.release()
 
     def close(self) -> None:
         """Nothing to release: the client belongs to the caller."""
