@@ -21,7 +21,9 @@ import importlib
 import json
 import os
 import queue
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -156,36 +158,70 @@ def run_map(
     token = CancelToken()
     outcomes: Counter[str] = Counter()
     retry = Retry(attempts=args.retries + 1) if args.retries else None
-    interrupted = True  # until the results were drained without Ctrl-C
+    interrupt = _Interrupt(token)
+    clean = False  # the results were drained to the end, without Ctrl-C
     started = time.perf_counter()
     pool = WorkerPool(args.workers, backend=args.backend)
     try:
-        results = pool.run(
-            read_jobs(lines, fn, args.text),
-            token=token,
-            ordered=args.ordered,
-            timeout=args.timeout,
-            retry=retry,
-            rate=args.rate,
-            fail_fast=args.fail_fast,
-            progress=args.progress,
-            total=_count_jobs(args.input) if args.progress else None,
-        )
-        handoff: queue.Queue[Any] = queue.Queue(maxsize=1024)
-        subscription = results.subscribe(
-            handoff.put, lambda error: handoff.put(_Failed(error)), lambda: handoff.put(_DONE)
-        )
-        try:
-            interrupted = _drain(handoff, token, stdout, outcomes)
-        finally:
-            subscription.dispose()
+        with interrupt:
+            results = pool.run(
+                read_jobs(lines, fn, args.text),
+                token=token,
+                ordered=args.ordered,
+                timeout=args.timeout,
+                retry=retry,
+                rate=args.rate,
+                fail_fast=args.fail_fast,
+                progress=args.progress,
+                total=_count_jobs(args.input) if args.progress else None,
+            )
+            handoff: queue.Queue[Any] = queue.Queue(maxsize=1024)
+            subscription = results.subscribe(
+                handoff.put, lambda error: handoff.put(_Failed(error)), lambda: handoff.put(_DONE)
+            )
+            try:
+                _drain(handoff, stdout, outcomes)
+            finally:
+                subscription.dispose()
+            clean = not interrupt.requested
     finally:
         # After Ctrl-C, jobs still running (their results are written as
         # cancelled) are not waited for: their threads end with the process.
-        pool.close(wait=not interrupted, cancel_pending=interrupted)
+        pool.close(wait=clean, cancel_pending=not clean)
         if lines is not stdin:
             lines.close()
-    return _summary(outcomes, interrupted, time.perf_counter() - started, stderr)
+    return _summary(outcomes, interrupt.requested, time.perf_counter() - started, stderr)
+
+
+class _Interrupt:
+    """SIGINT while results drain: the first cancels the run, a second stops at once.
+
+    The handler only starts a thread that cancels the token: the main thread
+    may be anywhere (inside the hand-off queue's lock, in a write), and the
+    results the cancelled run still gives are written as usual.
+    """
+
+    def __init__(self, token: CancelToken) -> None:
+        self.token = token
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        threading.Thread(
+            target=self.token.cancel, args=("interrupted (Ctrl-C)",), daemon=True
+        ).start()
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _count_jobs(path: str) -> int | None:
@@ -201,28 +237,18 @@ class _Failed:
         self.error = error
 
 
-def _drain(
-    handoff: queue.Queue[Any], token: CancelToken, stdout: IO[str], outcomes: Counter[str]
-) -> bool:
-    """Write results as they come; Ctrl-C cancels the run and writes what it still gives."""
-    interrupted = False
+def _drain(handoff: queue.Queue[Any], stdout: IO[str], outcomes: Counter[str]) -> None:
+    """Write results as they come, until the run ends."""
     while True:
-        try:
-            item = handoff.get()
-        except KeyboardInterrupt:
-            if interrupted:
-                raise  # a second Ctrl-C: stop now
-            interrupted = True
-            token.cancel("interrupted (Ctrl-C)")
-            continue
+        item = handoff.get()
         if item is _DONE:
-            return interrupted
+            return
         if isinstance(item, _Failed):  # --fail-fast, or the input could not be read
             outcomes[type(item.error).__name__] += 1
             print(
                 f"rxpool map: stopped: {type(item.error).__name__}: {item.error}", file=sys.stderr
             )
-            return interrupted
+            return
         result: Result[Any] = item
         outcomes["ok" if result.ok else type(result.error).__name__] += 1
         stdout.write(to_line(result) + "\n")

@@ -49,6 +49,7 @@ from ._job import Job, Result, is_coroutine_function
 from ._remote import Call, Outcome
 from ._retry import Retry, chain
 from ._stats import ProgressBar, Tracker
+from ._threads import ThreadRunner
 from ._timers import Timer, call_later
 from ._token import CancelToken
 from .backends import Backend
@@ -69,6 +70,9 @@ _MAX_BATCH: Final = 64
 # (see _Run._next_chunk), so slow jobs go one at a time and work spreads out.
 _CHUNK_SECONDS: Final = 0.05
 _MAX_CHUNK: Final = 1024
+# A batch still running this long after it started (or was last flushed)
+# delivers what it has finished (see _Run._execute_flushed).
+_FLUSH_AFTER: Final = 0.002
 
 _NOTHING: Final = object()
 _DEFERRED: Final = object()  # an outcome that comes later (retry) or came already (timeout)
@@ -133,6 +137,12 @@ class _Run(Generic[_T, _R]):
         self._remote = remote
         self._chunk = remote.chunk_size if remote is not None else None
         self._chunk_stats = threading.local()  # per slot thread: the last chunk's compute time
+        # Batches on rxpool's threads deliver their finished part when a batch
+        # mate runs long (see _execute_flushed); on a reactivex scheduler the
+        # batch is delivered whole (a virtual clock would not fire the timer).
+        self._flushable = remote is None and isinstance(slots, ThreadRunner)
+        self._batches: dict[int, _Batch] = {}  # batches running now (see _execute_flushed)
+        self._sweeping = False  # a sweeper task runs
         self._blocking = blocking
         self._scheduler = scheduler  # set when slots run on a reactivex scheduler
         # Timers (timeouts, backoff, rate) follow a virtual clock; on any real
@@ -167,6 +177,9 @@ class _Run(Generic[_T, _R]):
         self._next_emit = 0  # ordered: sequence number of the next item to emit
         self._reorder: dict[int, Any] = {}
         self._window_blocked = False
+        # ordered=True: (sequence number, error) of a failure that ends the stream
+        # once everything before it has been emitted.
+        self._fatal_hold: tuple[int, Exception] | None = None
         self._inflight: dict[int, Any] = {}  # tracked runs: seq -> item without an outcome
         self._retry_queue: deque[tuple[int, Any, int, list[BaseException]]] = deque()
         self._retry_waiting: dict[int, tuple[Any, Timer]] = {}
@@ -207,6 +220,9 @@ class _Run(Generic[_T, _R]):
 
     def _begin(self) -> None:
         """The run starts: its progress bar, if asked for."""
+        if _log.isEnabledFor(logging.DEBUG):
+            where = "remote" if self._remote else "loop" if self._loop_slots else "threads"
+            _log.debug("run %x starts: %d slots on %s (%r)", id(self), self._n, where, self._slots)
         if self._policy.progress and self.tracker is not None:
             self._progress = ProgressBar(self.tracker, self._policy.total, self._running)
 
@@ -377,7 +393,10 @@ class _Run(Generic[_T, _R]):
                     continue
                 first, items, retry_state = taken  # type: ignore[misc]
                 began = _perf_counter()
-                outcome = self._execute(first, items, retry_state)
+                if len(items) > 1 and self._flushable:
+                    outcome = self._execute_flushed(first, items)
+                else:
+                    outcome = self._execute(first, items, retry_state, [])
                 elapsed = _perf_counter() - began
                 if self._remote is not None:
                     batch = self._next_chunk(len(items), elapsed)
@@ -385,12 +404,72 @@ class _Run(Generic[_T, _R]):
                     batch = min(batch * 2, _MAX_BATCH)
                 else:
                     batch = 1
-                self._deliver(first, *outcome)
+                if outcome is not None:
+                    self._deliver(first, *outcome)
         except BaseException as error:
             # Only a bug or an interrupt gets here; the run must still end.
             with self._lock:
                 self._active -= 1
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
+
+    def _execute_flushed(
+        self, first: int, items: list[Any]
+    ) -> tuple[list[Any], Exception | None, bool] | None:
+        """Run a batch whose finished results do not wait for a slow batch mate.
+
+        The batch is registered for the run's sweeper, a task on the run's
+        threads that lives while batches run: a batch still running
+        `_FLUSH_AFTER` after it started (or after its last flush) gets what it
+        has finished delivered by the sweeper, since the slot is busy.
+        Returns None: the slot delivers the rest here.
+        """
+        batch = _Batch(first)
+        batches = self._batches
+        batches[id(batch)] = batch
+        if not self._sweeping:  # after registering: the sweeper checks in the other order
+            self._sweeping = True
+            try:
+                self._slots.spawn(self._sweeper)
+            except Exception:  # the threads are closing: the batch is delivered whole
+                self._sweeping = False
+        try:
+            outcome = self._execute(first, items, None, batch.outcomes)
+        finally:
+            del batches[id(batch)]
+        outcomes, fatal, deferred = outcome
+        with self._lock:
+            batch.done = True
+            done = batch.delivered
+            # The fast paths fill the batch's list; others return their own.
+            rest = outcomes[done:] if done and outcomes is batch.outcomes else outcomes
+            self._deliver_locked(first + done, rest, fatal, deferred)
+        return None
+
+    def _sweeper(self) -> None:
+        """Every `_FLUSH_AFTER`, flush the batches that run long; exit when none runs."""
+        while True:
+            time.sleep(_FLUSH_AFTER)
+            if not self._stopped:
+                now = _perf_counter()
+                for batch in list(self._batches.values()):
+                    if not batch.done and now - batch.since >= _FLUSH_AFTER:
+                        self._flush(batch)
+            if self._batches and not self._stopped:
+                continue
+            self._sweeping = False
+            if not self._batches or self._stopped or self._sweeping:
+                return  # a batch registered now saw the flag down and starts a sweeper
+            self._sweeping = True
+
+    def _flush(self, batch: _Batch) -> None:
+        with self._lock:
+            batch.since = _perf_counter()
+            if batch.done or self._stopped:
+                return
+            ready = len(batch.outcomes)  # the slot appends without the lock (atomic)
+            if ready > batch.delivered:
+                start, batch.delivered = batch.delivered, ready
+                self._deliver(batch.first + start, batch.outcomes[start:ready], None, False)
 
     async def _aslot(self) -> None:
         """A slot in loop mode: one job at a time, awaited on the loop."""
@@ -643,8 +722,8 @@ class _Run(Generic[_T, _R]):
 
     def _room(self, want: int) -> int:
         """How many items a slot may take now (under ``_lock``); 0 when stopped."""
-        if self._stopped or self._token._error is not None:  # stopped, or about to be
-            return 0
+        if self._stopped or self._token._error is not None or self._fatal_hold is not None:
+            return 0  # stopped, about to be, or waiting to end with an error
         if self._ordered:
             return min(want, self._window - (self._seq - self._next_emit))
         return want
@@ -662,9 +741,14 @@ class _Run(Generic[_T, _R]):
     # -- execution ----------------------------------------------------------------------------
 
     def _execute(
-        self, first: int, items: list[Any], retry_state: Any
+        self, first: int, items: list[Any], retry_state: Any, sink: list[Any]
     ) -> tuple[list[Any], Exception | None, bool]:
-        """Run a batch: ``(outcomes, fatal error or None, any outcome deferred)``."""
+        """Run a batch: ``(outcomes, fatal error or None, any outcome deferred)``.
+
+        The fast paths append each outcome to ``sink`` as it is known and
+        return it (so `_flush` can deliver a prefix); other paths may return
+        a list of their own.
+        """
         raise NotImplementedError
 
     def _run_careful(
@@ -797,9 +881,9 @@ class _Run(Generic[_T, _R]):
             if outcome is not _DEFERRED:
                 fatal = self._fatal(outcome)
                 if fatal is not None:
-                    self._fail(fatal)
+                    self._deliver_locked(seq, [], fatal, False)
                 else:
-                    self._deliver(seq, [outcome], None, False)
+                    self._deliver_locked(seq, [outcome], None, False)
         if running.token is not self._token:
             running.token.cancel(JobTimeout(str(error)))
         if released:
@@ -884,37 +968,54 @@ class _Run(Generic[_T, _R]):
     ) -> None:
         """Deliver final outcomes for ``first, first + 1, ...``; ``_DEFERRED`` ones come later."""
         with self._lock:
-            if self._stopped:
+            self._deliver_locked(first, outcomes, fatal, deferred)
+
+    def _deliver_locked(
+        self, first: int, outcomes: list[Any], fatal: Exception | None, deferred: bool
+    ) -> None:
+        """`_deliver`, under ``_lock``."""
+        if self._stopped:
+            return
+        count = len(outcomes)
+        if deferred:
+            delivered = [(first + i, o) for i, o in enumerate(outcomes) if o is not _DEFERRED]
+            self._pending -= len(delivered)
+            if self._tracked:
+                for seq, _ in delivered:
+                    del self._inflight[seq]
+            if self._ordered:
+                self._reorder.update(delivered)
+                self._emit_in_order()
+            else:
+                self._emit_all([o for _, o in delivered])
+        else:
+            self._pending -= count
+            if self._tracked:
+                for seq in range(first, first + count):
+                    del self._inflight[seq]
+            if not self._ordered:
+                self._emit_all(outcomes)
+            elif first == self._next_emit:
+                self._next_emit = first + count
+                self._emit_all(outcomes)
+                self._emit_in_order()
+            else:
+                self._reorder.update(zip(range(first, first + count), outcomes, strict=True))
+        if fatal is not None:
+            if not self._ordered:
+                self._fail(fatal)  # as results finish: the error ends the stream now
                 return
-            count = len(outcomes)
-            if deferred:
-                delivered = [(first + i, o) for i, o in enumerate(outcomes) if o is not _DEFERRED]
-                self._pending -= len(delivered)
-                if self._tracked:
-                    for seq, _ in delivered:
-                        del self._inflight[seq]
-                if self._ordered:
-                    self._reorder.update(delivered)
-                    self._emit_in_order()
-                else:
-                    self._emit_all([o for _, o in delivered])
-            else:
-                self._pending -= count
-                if self._tracked:
-                    for seq in range(first, first + count):
-                        del self._inflight[seq]
-                if not self._ordered:
-                    self._emit_all(outcomes)
-                elif first == self._next_emit:
-                    self._next_emit = first + count
-                    self._emit_all(outcomes)
-                    self._emit_in_order()
-                else:
-                    self._reorder.update(zip(range(first, first + count), outcomes, strict=True))
-            if fatal is not None:
-                self._fail(fatal)
-            else:
-                self._maybe_complete()
+            # In input order: the items before the failed one come first, then
+            # the error. Nothing more is taken meanwhile (see _room).
+            at = first + count
+            if self._fatal_hold is None or at < self._fatal_hold[0]:
+                self._fatal_hold = (at, fatal)
+        hold = self._fatal_hold
+        if hold is not None:
+            if self._next_emit >= hold[0]:
+                self._fail(hold[1])
+            return
+        self._maybe_complete()
 
     def _emit_in_order(self) -> None:
         """Emit what the reorder map holds from ``_next_emit`` on (under ``_lock``)."""
@@ -1050,12 +1151,32 @@ class _Run(Generic[_T, _R]):
             self._loop_slots.cancel()  # slot tasks still awaiting a job or the source
         if self._progress is not None:
             self._progress.close()
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "run %x ends: %d items taken, %d without a delivered outcome",
+                id(self),
+                self._seq,
+                self._pending,
+            )
         link, self._token_link = self._token_link, None
         if link is not None:
             link.dispose()
         self._token.detach()
         if self._on_finished is not None:
             self._on_finished(self)
+
+
+class _Batch:
+    """A batch of fast jobs in progress: its outcomes so far, and how many were delivered."""
+
+    __slots__ = ("delivered", "done", "first", "outcomes", "since")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.outcomes: list[Any] = []
+        self.delivered = 0
+        self.done = False
+        self.since = _perf_counter()  # started, or last flushed
 
 
 class _Running:
@@ -1214,9 +1335,9 @@ class MapRun(_Run[_T, _R]):
         self._fail(error)
 
     def _execute(
-        self, first: int, items: list[Any], retry_state: Any
+        self, first: int, items: list[Any], retry_state: Any, sink: list[Any]
     ) -> tuple[list[Any], Exception | None, bool]:
-        values: list[Any] = []
+        values = sink
         append = values.append
         if self._tracked:
             return self._run_careful(first, items, retry_state)
@@ -1311,7 +1432,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             self._token_link = parent.on_cancel(self._cancel_from_caller)
 
     def _execute(
-        self, first: int, items: list[Any], retry_state: Any
+        self, first: int, items: list[Any], retry_state: Any, sink: list[Any]
     ) -> tuple[list[Any], Exception | None, bool]:
         policy = self._policy
         if (
@@ -1327,7 +1448,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         if self._remote is not None:
             return self._execute_remote(items, fail_fast)
         token = self._token
-        results: list[Any] = []
+        results = sink
         append = results.append
         for job in items:
             if self._stopped:

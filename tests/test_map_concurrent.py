@@ -246,3 +246,71 @@ def test_back_to_back_runs_reuse_threads_and_idle_ones_exit() -> None:
     assert first & second  # warm threads from the cache serve the next run
     # With nothing to do, the cache's threads exit by themselves after their idle timeout.
     assert wait_until(lambda: not any(t.name in first for t in threading.enumerate()), timeout=5.0)
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_finished_results_do_not_wait_for_a_slow_batch_mate(ordered: bool) -> None:
+    # 300 fast items grow the batches; item 300 blocks until released. The
+    # results of the items before it must arrive while it still runs, not
+    # when its batch ends.
+    release = threading.Event()
+    out: list[int] = []
+
+    def work(x: int) -> int:
+        if x == 300:
+            assert release.wait(10)
+        return x
+
+    done = threading.Event()
+    reactivex.range(400).pipe(rops.map_concurrent(work, 1, ordered=ordered)).subscribe(
+        out.append, on_completed=done.set
+    )
+    try:
+        assert wait_until(lambda: len(out) >= 300, timeout=5)
+        assert sorted(out[:300]) == list(range(300))
+    finally:
+        release.set()
+    assert done.wait(5)
+    assert sorted(out) == list(range(400))
+
+
+def test_pool_results_do_not_wait_for_a_slow_batch_mate() -> None:
+    from rxpool import Job, WorkerPool
+
+    release = threading.Event()
+
+    def work(x: int) -> int:
+        if x == 200:
+            assert release.wait(10)
+        return x
+
+    seen: list[int] = []
+    done = threading.Event()
+    with WorkerPool(1) as pool:
+        pool.run(Job(work, args=(i,)) for i in range(300)).subscribe(
+            lambda r: seen.append(r.value), on_completed=done.set
+        )
+        try:
+            assert wait_until(lambda: len(seen) >= 200, timeout=5)
+        finally:
+            release.set()
+        assert done.wait(5)
+    assert sorted(seen) == list(range(300))
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 250, 499])
+def test_ordered_error_comes_after_every_earlier_item(fail_at: int) -> None:
+    def work(x: int) -> int:
+        if x == fail_at:
+            raise KeyError(x)
+        return x
+
+    out: list[int] = []
+    errors: list[Exception] = []
+    ended = threading.Event()
+    reactivex.range(500).pipe(rops.map_concurrent(work, 4, ordered=True)).subscribe(
+        out.append, lambda e: (errors.append(e), ended.set()), ended.set
+    )
+    assert ended.wait(10)
+    assert out == list(range(fail_at))  # as ops.map would: everything before it, in order
+    assert len(errors) == 1 and isinstance(errors[0], KeyError)
