@@ -94,7 +94,8 @@ def map_concurrent(
     """Call ``fn(item)`` on worker threads, at most ``max_concurrent`` at once.
 
     The parallel ``ops.map``: an exception from ``fn`` ends the stream with that
-    exception, unchanged, and cancels the rest. If ``fn`` declares a ``token``
+    exception, unchanged, and cancels the rest (with ``ordered=True``, after
+    the results of every earlier item, as ``ops.map`` would). If ``fn`` declares a ``token``
     parameter it is called as ``fn(item, token=run_token)``. If ``fn`` is
     ``async def``, its calls are tasks on an event loop (the one running at
     subscribe time, else a private one), no thread each; dispose cancels them.
