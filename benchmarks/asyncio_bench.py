@@ -123,9 +123,12 @@ def hang_up_latency(trials: int, workers: int = 8) -> list[float]:
         seen = asyncio.Event()
         loop = asyncio.get_running_loop()
 
+        running: dict[int, threading.Event] = {}
+
         def job(trial: int, i: int, token: CancelToken) -> int:
             if i == 0:
                 return i  # the first line arrives at once
+            running[trial].set()
             if token.wait(5):
                 now = time.monotonic()
                 with lock:
@@ -156,8 +159,11 @@ def hang_up_latency(trials: int, workers: int = 8) -> list[float]:
             async with aiohttp.ClientSession() as client:
                 for trial in range(trials):
                     seen.clear()
+                    running[trial] = threading.Event()
                     async with client.get(url, params={"trial": str(trial)}) as response:
                         await response.content.readline()
+                        # Hang up while jobs run (not before any started).
+                        await asyncio.to_thread(running[trial].wait, 5)
                         hung_up = time.monotonic()
                         response.close()
                     while trial not in cancelled_at:
