@@ -455,6 +455,67 @@ def backends_section(report: Report) -> None:
     )
 
 
+def progress_section(report: Report) -> None:
+    """What a progress bar costs: map_concurrent and WorkerPool.run with and without one."""
+    import io
+
+    import reactivex
+
+    import rxpool
+    from rxpool import operators as rops
+    from rxpool._stats import ProgressBar
+
+    s = report.sizes
+    n = s.trivial_jobs
+    # Draw the bar for real (into a buffer), as on a terminal, not the silent no-op.
+    ProgressBar.force_stream = io.StringIO()
+    pool = rxpool.WorkerPool(s.workers)
+    from .contenders import subscribe_and_wait
+
+    def mapped(progress: bool) -> Callable[[], int]:
+        return lambda: subscribe_and_wait(
+            reactivex.from_iterable(range(n)).pipe(
+                rops.map_concurrent(double, s.workers, progress=progress, total=n)
+            )
+        )
+
+    def pooled(progress: bool) -> Callable[[], int]:
+        return lambda: subscribe_and_wait(
+            pool.run((rxpool.Job(double, args=(i,)) for i in range(n)), progress=progress)
+        )
+
+    runs = {
+        "map_concurrent": mapped(False),
+        "map_concurrent progress=True": mapped(True),
+        "WorkerPool.run": pooled(False),
+        "WorkerPool.run progress=True": pooled(True),
+    }
+    try:
+        medians = alternate(runs, s.repeats, dict.fromkeys(runs, n))
+    finally:
+        pool.close()
+        ProgressBar.force_stream = None
+    rows = []
+    for name in ("map_concurrent", "WorkerPool.run"):
+        ratio = medians[name] / medians[f"{name} progress=True"]
+        rows.append(
+            [
+                name,
+                f"{n / medians[name]:,.0f}",
+                f"{n / medians[name + ' progress=True']:,.0f}",
+                f"{ratio:.3f}x",
+            ]
+        )
+        report.target(f"{name} with a progress bar vs without", ">= 0.95x", ratio, ratio >= 0.95)
+    report.section(
+        f"## 9. Progress bars ({n:,} trivial jobs, {s.workers} workers, the bar drawn ten"
+        " times a second)\n\n"
+        + table(
+            ["contender", "jobs/s without", "jobs/s with progress=True", "with / without"], rows
+        )
+    )
+
+
 def _ratio(rates: dict[str, float], base: float) -> tuple[float, bool]:
     ratio = rates["rxpool aiter(WorkerPool.run), thread jobs"] / base
     return ratio, ratio >= 1.0
@@ -600,6 +661,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {
     "cancel": cancellation,
     "asyncio": asyncio_section,
     "backends": backends_section,
+    "progress": progress_section,
 }
 
 

@@ -240,7 +240,12 @@ class _Failed:
 def _drain(handoff: queue.Queue[Any], stdout: IO[str], outcomes: Counter[str]) -> None:
     """Write results as they come, until the run ends."""
     while True:
-        item = handoff.get()
+        try:
+            # A timeout, so that the main thread runs the SIGINT handler soon
+            # even when the signal was delivered to a worker thread.
+            item = handoff.get(timeout=0.05)
+        except queue.Empty:
+            continue
         if item is _DONE:
             return
         if isinstance(item, _Failed):  # --fail-fast, or the input could not be read
@@ -276,31 +281,24 @@ def _summary(outcomes: Counter[str], interrupted: bool, seconds: float, stderr: 
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(
+    kind: Callable[[str], float], minimum: float, expected: str, strict: bool = False
+) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind(text)`` >= ``minimum`` (> with ``strict``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        too_small = value <= minimum if strict else value < minimum
+        if too_small or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+_positive_int = _number(int, 1, "a positive integer")
+_non_negative_int = _number(int, 0, "an integer >= 0")
+_positive_float = _number(float, 0, "a positive number", strict=True)

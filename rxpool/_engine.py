@@ -505,13 +505,10 @@ class _Run(Generic[_T, _R]):
 
     async def _atake(self) -> tuple[int, list[Any], Any] | float | None:
         """`_take` for an async iterator source: retries first, then await the next item."""
-        if self._retry_queue:
-            with self._lock:
-                if self._retry_queue and not self._stopped:
-                    if self._limiter is not None and not self._limiter.take(1):
-                        return self._wait_for_rate()
-                    seq, item, attempt, errors = self._retry_queue.popleft()
-                    return seq, [item], (attempt, errors)
+        if self._retry_queue:  # an unlocked peek: most runs never retry
+            retried = self._take_retry()
+            if retried is not _NOTHING:
+                return retried  # type: ignore[return-value]
         aiterator = self._aiterator
         assert aiterator is not None
         if self._apull_lock is None:
@@ -608,12 +605,9 @@ class _Run(Generic[_T, _R]):
         wait for the next rate token.
         """
         if self._retry_queue:  # an unlocked peek: most runs never retry
-            with self._lock:
-                if self._retry_queue and not self._stopped:
-                    if self._limiter is not None and not self._limiter.take(1):
-                        return self._wait_for_rate()
-                    seq, item, attempt, errors = self._retry_queue.popleft()
-                    return seq, [item], (attempt, errors)
+            retried = self._take_retry()
+            if retried is not _NOTHING:
+                return retried  # type: ignore[return-value]
         iterator = self._iterator
         if iterator is None:
             with self._lock:
@@ -650,6 +644,16 @@ class _Run(Generic[_T, _R]):
             except Exception as error:  # the source raised, or gave a non-Job
                 failure = error
             return self._pull_end(began, items, exhausted, failure)
+
+    def _take_retry(self) -> object:
+        """A retry waiting to run, as `_take` returns it; `_NOTHING` if none is ready."""
+        with self._lock:
+            if not self._retry_queue or self._stopped:
+                return _NOTHING
+            if self._limiter is not None and not self._limiter.take(1):
+                return self._wait_for_rate()
+            seq, item, attempt, errors = self._retry_queue.popleft()
+            return seq, [item], (attempt, errors)
 
     def _pull_begin(self, want: int) -> int | float | None:
         """Before pulling the source: how many items to pull, or what `_take` returns."""

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from ._exceptions import Cancelled, Dropped, JobTimeout
 from ._timers import call_later
@@ -186,6 +186,8 @@ class ProgressBar:
     """
 
     INTERVAL: Final = 0.1
+    # Benchmarks draw into this stream instead of a terminal (None: stderr, if a terminal).
+    force_stream: IO[str] | None = None
 
     def __init__(
         self, tracker: Tracker, total: int | None, running: Callable[[], int], force: bool = False
@@ -196,14 +198,15 @@ class ProgressBar:
         self._timer: Any = None
         self._lock = threading.Lock()
         self._closed = False
-        if not (force or sys.stderr.isatty()):
+        stream = ProgressBar.force_stream or sys.stderr
+        if not (force or ProgressBar.force_stream is not None or sys.stderr.isatty()):
             return
         try:
             from tqdm import tqdm
         except ImportError:
             _log.warning("rxpool: progress=True needs tqdm: pip install 'rxpool[progress]'")
             return
-        self._bar = tqdm(total=total, unit="job", dynamic_ncols=True, file=sys.stderr)
+        self._bar = tqdm(total=total, unit="job", dynamic_ncols=True, file=stream)
         self._schedule()
 
     def _schedule(self) -> None:

@@ -91,7 +91,9 @@ def _iterate(source: Observable[_T], maxsize: int) -> Iterator[_T]:
         while True:
             with cond:
                 while not queue and not terminal:
-                    cond.wait()
+                    # A timeout: Ctrl-C delivered to a worker thread still
+                    # reaches this (main) thread within 50 ms.
+                    cond.wait(0.05)
                 if queue:
                     value = queue.popleft()
                     cond.notify_all()  # room for a waiting producer
