@@ -491,7 +491,8 @@ def progress_section(report: Report) -> None:
         "WorkerPool.run progress=True": pooled(True),
     }
     try:
-        medians = alternate(runs, s.repeats, dict.fromkeys(runs, n))
+        # Short runs: three times the usual repetitions, or noise hides a 5% effect.
+        medians = alternate(runs, 3 * s.repeats, dict.fromkeys(runs, n))
     finally:
         pool.close()
         ProgressBar.force_stream = None

@@ -201,15 +201,22 @@ class _Run(Generic[_T, _R]):
         if tracker is None and policy.progress:
             tracker = Tracker()
         self.tracker = tracker
-        self._count: Callable[[Any], None] | None = None
+        self._count: Callable[[Any], None] | None = None  # per value emitted
+        self._count_batch: Tracker | None = None  # or per batch delivered (plain values)
         self._progress: ProgressBar | None = None
         if tracker is not None:
             self._count = self._counter(tracker)
+            if self._count is None:
+                self._count_batch = tracker
             tracker.queued = self._waiting
 
-    def _counter(self, tracker: Tracker) -> Callable[[Any], None]:
-        """How the emitter counts one value (a `Result`, or a plain value)."""
-        return tracker.value
+    def _counter(self, tracker: Tracker) -> Callable[[Any], None] | None:
+        """How the emitter counts one value; None: count whole batches as they are delivered.
+
+        `map_concurrent` emits plain values (its failures end the stream), so
+        a batch is counted with one addition instead of a call per value.
+        """
+        return None
 
     def _waiting(self) -> int:
         """Items waiting for a slot or a retry (read without the lock: a snapshot)."""
@@ -981,6 +988,8 @@ class _Run(Generic[_T, _R]):
         if self._stopped:
             return
         count = len(outcomes)
+        if self._count_batch is not None:
+            self._count_batch.succeeded += count - outcomes.count(_DEFERRED) if deferred else count
         if deferred:
             delivered = [(first + i, o) for i, o in enumerate(outcomes) if o is not _DEFERRED]
             self._pending -= len(delivered)
@@ -1405,7 +1414,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         super().__init__(observer, policy, **kw)
         self._tracked = True  # every job taken is accounted for, even on cancel
 
-    def _counter(self, tracker: Tracker) -> Callable[[Any], None]:
+    def _counter(self, tracker: Tracker) -> Callable[[Any], None] | None:
         return tracker.result
 
     def _admit(self, item: Any) -> Any:

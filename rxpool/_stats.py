@@ -107,10 +107,6 @@ class Tracker:
             self.failed += 1
             self.durations.append(result[5] - result[4])
 
-    def value(self, _: Any) -> None:
-        """Count one value emitted by `map_concurrent` (its failures end the stream)."""
-        self.succeeded += 1
-
     @property
     def completed(self) -> int:
         return self.succeeded + self.failed + self.timed_out + self.cancelled + self.dropped
