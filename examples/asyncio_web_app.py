@@ -37,23 +37,24 @@ class Stats:
     started: int = 0
     finished: int = 0
     cancelled: int = 0
-    last_cancel: float = 0.0  # time.monotonic() when a job last saw its token cancelled
+    last_cancel: float = 0.0  # time.monotonic() when a stream's run was last cancelled
     cancel_seen: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def run_cancelled(self) -> None:
+        """A stream ended before its run did: the run was disposed just now."""
+        self.last_cancel = time.monotonic()
+        self.cancel_seen.set()
 
 
 STATS = web.AppKey("stats", Stats)
 POOL = web.AppKey("pool", WorkerPool)
 
 
-def square(
-    n: int, delay: float, stats: Stats, loop: asyncio.AbstractEventLoop, token: CancelToken
-) -> int:
+def square(n: int, delay: float, stats: Stats, token: CancelToken) -> int:
     """A blocking job that does ``delay`` seconds of cooperative work."""
     stats.started += 1
     if token.wait(delay):  # the run was cancelled: stop early
         stats.cancelled += 1
-        stats.last_cancel = time.monotonic()
-        loop.call_soon_threadsafe(stats.cancel_seen.set)
         token.raise_if_cancelled()
     stats.finished += 1
     return n * n
@@ -70,22 +71,27 @@ async def squares(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="n must be in 0..100000 and delay in 0..10")
     pool = request.app[POOL]
     stats = request.app[STATS]
-    loop = asyncio.get_running_loop()
-    jobs = (Job(square, args=(i, delay, stats, loop), id=i) for i in range(n))
+    jobs = (Job(square, args=(i, delay, stats), id=i) for i in range(n))
 
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    async with rxpool.aiter(pool.run(jobs, ordered=ordered), maxsize=64) as results:
-        async for result in results:
-            line = {"id": result.id, "attempt": result.attempt, "seconds": result.duration}
-            if result.ok:
-                line["value"] = result.value
-            else:
-                line["error"] = repr(result.error)
-            try:
-                await response.write(json.dumps(line).encode() + b"\n")
-            except ConnectionResetError:
-                return response  # the client hung up: leaving the loop cancels the run
+    finished = False
+    try:
+        async with rxpool.aiter(pool.run(jobs, ordered=ordered), maxsize=64) as results:
+            async for result in results:
+                line = {"id": result.id, "attempt": result.attempt, "seconds": result.duration}
+                if result.ok:
+                    line["value"] = result.value
+                else:
+                    line["error"] = repr(result.error)
+                try:
+                    await response.write(json.dumps(line).encode() + b"\n")
+                except ConnectionResetError:
+                    return response  # the client hung up: leaving the loop cancels the run
+        finished = True
+    finally:
+        if not finished:  # hung up (or the handler was cancelled): the run is disposed
+            stats.run_cancelled()
     await response.write_eof()
     return response
 
