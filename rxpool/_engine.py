@@ -588,9 +588,9 @@ class _Run(Generic[_T, _R]):
     def _next_chunk(self, size: int, elapsed: float) -> int:
         """Remote mode: the next chunk's size.
 
-        Big enough that the round trip's overhead is at most a fifth of the
-        chunk's time, small enough that one chunk is at most `_CHUNK_SECONDS`
-        of work (so slow jobs go one by one and work spreads over the workers).
+        Four times the last round trip's overhead in work (so the overhead is
+        about a fifth of a chunk's time), but at most `_CHUNK_SECONDS` of work
+        (so slow jobs go one by one and work spreads over the workers).
         """
         if self._chunk is not None:
             return self._chunk

@@ -55,8 +55,8 @@ class Backend(Protocol):
     running the chunk died (every call in it is then reported crashed), and
     `Cancelled` (``token.new_error()``) when it gave the chunk up because
     ``token`` was cancelled. ``chunk_size``: calls per chunk, or None to let
-    rxpool size chunks (about 10 ms of work each). Calls with a timeout or a
-    retry policy always go alone.
+    rxpool size chunks (four times the round trip's overhead in work, at most
+    50 ms of work). Calls with a timeout or a retry policy always go alone.
     """
 
     chunk_size: int | None
@@ -152,7 +152,7 @@ class ProcessBackend:
 
     Args:
         processes: Worker processes at most (default: the CPU count).
-        chunk_size: Calls per chunk; None sizes chunks to about 10 ms of work.
+        chunk_size: Calls per chunk; None sizes them from the last round trip.
         hard_cancel: Kill the process of a cancelled or timed-out job.
         start_method: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``.
 
@@ -322,7 +322,7 @@ class DaskBackend:
 
     Args:
         client: A ``distributed.Client`` (a ``LocalCluster``'s or a deployed one's).
-        chunk_size: Calls per task; None sizes chunks to about 10 ms of work.
+        chunk_size: Calls per task; None sizes them from the last round trip.
 
     Raises:
         TypeError: ``client`` is not a ``distributed.Client``.
