@@ -54,7 +54,7 @@ class LoopSlots:
         self._lock = threading.Lock()
 
     def spawn(self, task: Callable[[], Coroutine[Any, Any, None]], count: int = 1) -> None:
-        if _running_loop() is self.loop:
+        if running_loop() is self.loop:
             for _ in range(count):
                 self._start(task)
         else:
@@ -85,7 +85,7 @@ class LoopSlots:
             self._cancelled = True
         # RuntimeError: the loop is closed, and nothing of ours runs on it.
         with contextlib.suppress(RuntimeError):
-            if _running_loop() is self.loop:
+            if running_loop() is self.loop:
                 self._cancel_all()
             else:
                 self.loop.call_soon_threadsafe(self._cancel_all)
@@ -156,16 +156,12 @@ class LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running on this thread, if any."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running on this thread, if any."""
-    return _running_loop()
 
 
 def run_coroutine(

@@ -19,7 +19,7 @@ from ._job import Job, Result
 from ._stats import Tracker
 from ._threads import SchedulerSlots, ThreadRunner, can_block
 from ._token import CancelToken
-from .backends import AsyncioBackend, Backend, ThreadBackend
+from .backends import AsyncioBackend, Backend, ThreadBackend, default_process_backend
 
 _T = TypeVar("_T")
 
@@ -98,6 +98,14 @@ def resolve_backend(
         return "remote", process(), None
     assert not isinstance(spec, str)
     return "remote", spec, None
+
+
+def operator_backend(
+    backend: object,
+) -> tuple[str | None, Backend | None, asyncio.AbstractEventLoop | None]:
+    """An operator's ``backend=`` checked and resolved; ``"process"`` is the process-wide one."""
+    spec = None if backend is None else check_backend(backend)
+    return resolve_backend(spec, default_process_backend)
 
 
 def choose_slots(

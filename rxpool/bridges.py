@@ -44,13 +44,18 @@ def iterate(source: Observable[_T], *, maxsize: int = 1024) -> Iterator[_T]:
         TypeError: ``source`` is not an Observable, or ``maxsize`` not an int.
         ValueError: ``maxsize`` < 1.
     """
-    if not isinstance(source, Observable):
-        raise TypeError(f"source must be a reactivex Observable, got {type(source).__name__}")
-    check_count("maxsize", maxsize)
+    _check(source, maxsize)
     return _iterate(source, maxsize)
 
 
 _DONE = object()
+
+
+def _check(source: object, maxsize: object) -> None:
+    """The arguments `iterate` and `aiter` share, checked at the call."""
+    if not isinstance(source, Observable):
+        raise TypeError(f"source must be a reactivex Observable, got {type(source).__name__}")
+    check_count("maxsize", maxsize)
 
 
 def _iterate(source: Observable[_T], maxsize: int) -> Iterator[_T]:
@@ -137,9 +142,7 @@ def aiter(source: Observable[_T], *, maxsize: int = 1024) -> AsyncStream[_T]:
         TypeError: ``source`` is not an Observable, or ``maxsize`` not an int.
         ValueError: ``maxsize`` < 1.
     """
-    if not isinstance(source, Observable):
-        raise TypeError(f"source must be a reactivex Observable, got {type(source).__name__}")
-    check_count("maxsize", maxsize)
+    _check(source, maxsize)
     return AsyncStream(source, maxsize)
 
 

@@ -14,20 +14,13 @@ from typing import Any, TypeVar
 from reactivex import Observable, abc
 
 from ._checks import check_callable, check_scheduler, check_token
-from ._dispatch import (
-    BackendSpec,
-    check_backend,
-    choose_slots,
-    job_observable,
-    resolve_backend,
-)
+from ._dispatch import BackendSpec, choose_slots, job_observable, operator_backend
 from ._engine import MapRun
 from ._flat_map import flat_map as _flat_map
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result, is_coroutine_function, wants_token
 from ._retry import Retry
 from ._token import CancelToken
-from .backends import default_process_backend
 
 __all__ = ["flat_map", "map_concurrent", "run_jobs"]
 
@@ -168,9 +161,7 @@ def map_concurrent(
         total=total,
     )
     pass_token = wants_token(fn)
-    mode, remote, loop = resolve_backend(
-        None if backend is None else check_backend(backend), default_process_backend
-    )
+    mode, remote, loop = operator_backend(backend)
     needs_loop = is_coroutine_function(fn) and backend is None
 
     def operator(source: Observable[_T]) -> Observable[_R]:
@@ -276,9 +267,7 @@ def run_jobs(
         progress=progress,
         total=total,
     )
-    mode, remote, loop = resolve_backend(
-        None if backend is None else check_backend(backend), default_process_backend
-    )
+    mode, remote, loop = operator_backend(backend)
     return lambda source: job_observable(
         source,
         policy,
