@@ -52,12 +52,13 @@ from ._stats import ProgressBar, Tracker
 from ._threads import ThreadRunner
 from ._timers import Timer, call_later
 from ._token import CancelToken
-from .backends import Backend
+from .backends import Backend, Lane
 
 _log: Final = logging.getLogger("rxpool")
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+_E = TypeVar("_E", bound=BaseException)
 
 _monotonic = time.monotonic
 _perf_counter = time.perf_counter
@@ -70,6 +71,8 @@ _MAX_BATCH: Final = 64
 # (see _Run._next_chunk), so slow jobs go one at a time and work spreads out.
 _CHUNK_SECONDS: Final = 0.05
 _MAX_CHUNK: Final = 1024
+# Chunks in flight on a slot's lane (see _Run._lane_slot): one running, one queued.
+_LANE_DEPTH: Final = 2
 # A batch still running this long after it started (or was last flushed)
 # delivers what it has finished (see _Run._execute_flushed).
 _FLUSH_AFTER: Final = 0.002
@@ -137,6 +140,11 @@ class _Run(Generic[_T, _R]):
         self._remote = remote
         self._chunk = remote.chunk_size if remote is not None else None
         self._chunk_stats = threading.local()  # per slot thread: the last chunk's compute time
+        # A backend with lanes (processes) takes a slot's next chunk while it
+        # runs the last one (see _lane_slot).
+        self._open_lane: Callable[[CancelToken], Lane] | None = getattr(remote, "open_lane", None)
+        if self._open_lane is not None and self._loop_slots is None:
+            self._slot_task = self._lane_slot
         # Batches on rxpool's threads deliver their finished part when a batch
         # mate runs long (see _execute_flushed); on a reactivex scheduler the
         # batch is delivered whole (a virtual clock would not fire the timer).
@@ -406,7 +414,8 @@ class _Run(Generic[_T, _R]):
                     outcome = self._execute(first, items, retry_state, [])
                 elapsed = _perf_counter() - began
                 if self._remote is not None:
-                    batch = self._next_chunk(len(items), elapsed)
+                    compute = getattr(self._chunk_stats, "compute", 0.0)
+                    batch = self._next_chunk(len(items), elapsed, compute)
                 elif elapsed < _FAST_JOB * len(items):
                     batch = min(batch * 2, _MAX_BATCH)
                 else:
@@ -585,16 +594,18 @@ class _Run(Generic[_T, _R]):
             return [], fatal, False
         return [outcome], None, False
 
-    def _next_chunk(self, size: int, elapsed: float) -> int:
+    def _next_chunk(self, size: int, elapsed: float, compute: float | None) -> int:
         """Remote mode: the next chunk's size.
 
-        Four times the last round trip's overhead in work (so the overhead is
-        about a fifth of a chunk's time), but at most `_CHUNK_SECONDS` of work
-        (so slow jobs go one by one and work spreads over the workers).
+        ``elapsed``: the last chunk's wall time, from when it was sent (or,
+        queued behind another, from when that one came back) to its outcomes;
+        ``compute``: its calls' own time, None if it was given up. Four times
+        the overhead (``elapsed - compute``) in work, so the overhead is about
+        a fifth of a chunk's time, but at most `_CHUNK_SECONDS` of work, so
+        slow jobs go one by one and work spreads over the workers.
         """
         if self._chunk is not None:
             return self._chunk
-        compute = getattr(self._chunk_stats, "compute", 0.0)
         if compute is None or size <= 0:  # the chunk was given up: nothing learned
             return max(size, 1)
         per_call = compute / size
@@ -604,14 +615,18 @@ class _Run(Generic[_T, _R]):
         want = min(4 * overhead, _CHUNK_SECONDS) / per_call
         return max(1, min(_MAX_CHUNK, size * 8, round(want)))
 
-    def _take(self, want: int) -> tuple[int, list[Any], Any] | float | None:
+    def _take(self, want: int, keep: bool = False) -> tuple[int, list[Any], Any] | float | None:
         """Take up to ``want`` items with consecutive sequence numbers.
 
         Returns ``(first_seq, items, retry_state)``; None when the slot should
         exit (``_active`` is decremented); or the seconds a thread slot should
-        wait for the next rate token.
+        wait for the next rate token. With ``keep`` (a slot that still has
+        work in flight) None only means nothing is ready now: the slot stays
+        counted, and retries, rate tokens and a busy source are left alone.
         """
-        if self._retry_queue:  # an unlocked peek: most runs never retry
+        if keep and self._limiter is not None:
+            return None
+        if self._retry_queue and not keep:  # an unlocked peek: most runs never retry
             retried = self._take_retry()
             if retried is not _NOTHING:
                 return retried  # type: ignore[return-value]
@@ -628,7 +643,8 @@ class _Run(Generic[_T, _R]):
                 if n <= 0:
                     if room <= 0 and buffer:
                         self._window_blocked = True
-                    self._active -= 1
+                    if not keep:
+                        self._active -= 1
                     return None
                 pop = buffer.popleft
                 items = [pop() for _ in range(n)]
@@ -636,8 +652,10 @@ class _Run(Generic[_T, _R]):
                     self._space.notify()
                 return self._register(items)
 
-        with self._pull_lock:
-            began = self._pull_begin(want)
+        if not self._pull_lock.acquire(not keep):
+            return None  # another slot pulls the source
+        try:
+            began = self._pull_begin(want, keep)
             if type(began) is not int:
                 return began
             items = []
@@ -650,7 +668,9 @@ class _Run(Generic[_T, _R]):
                 exhausted = True
             except Exception as error:  # the source raised, or gave a non-Job
                 failure = error
-            return self._pull_end(began, items, exhausted, failure)
+            return self._pull_end(began, items, exhausted, failure, keep)
+        finally:
+            self._pull_lock.release()
 
     def _take_retry(self) -> object:
         """A retry waiting to run, as `_take` returns it; `_NOTHING` if none is ready."""
@@ -662,13 +682,15 @@ class _Run(Generic[_T, _R]):
             seq, item, attempt, errors = self._retry_queue.popleft()
             return seq, [item], (attempt, errors)
 
-    def _pull_begin(self, want: int) -> int | float | None:
+    def _pull_begin(self, want: int, keep: bool = False) -> int | float | None:
         """Before pulling the source: how many items to pull, or what `_take` returns."""
         with self._lock:
             room = self._room(want)
             if room <= 0 or self._source_done:
                 if room <= 0 and not self._source_done:
                     self._window_blocked = True
+                if keep:
+                    return None
                 self._active -= 1
                 if not self._stopped:
                     self._maybe_complete()
@@ -681,7 +703,12 @@ class _Run(Generic[_T, _R]):
             return room
 
     def _pull_end(
-        self, room: int, items: list[Any], exhausted: bool, failure: Exception | None
+        self,
+        room: int,
+        items: list[Any],
+        exhausted: bool,
+        failure: Exception | None,
+        keep: bool = False,
     ) -> tuple[int, list[Any], Any] | None:
         """After pulling the source: number what was pulled, or end the slot."""
         with self._lock:
@@ -693,10 +720,12 @@ class _Run(Generic[_T, _R]):
                 self._source_error = failure
             if self._terminal_deferred:
                 self._taken_while_stopping(items)  # then the terminal notification
-                self._active -= 1
+                if not keep:
+                    self._active -= 1
                 return None
             if self._stopped or not items:
-                self._active -= 1
+                if not keep:
+                    self._active -= 1
                 if failure is not None and not self._stopped:
                     self._source_failed()
                 else:
@@ -926,6 +955,10 @@ class _Run(Generic[_T, _R]):
             return self._remote.run_chunk([self._spec(item) for item in items], token)
         except WorkerCrashed as crash:
             return [(False, WorkerCrashed(*crash.args), 0.0) for _ in items]
+        except Cancelled as error:
+            if token.cancelled:
+                raise
+            return [(False, _copy(error), 0.0) for _ in items]  # e.g. the backend was closed
 
     def _remote_call(self, item: Any, token: CancelToken) -> Any:
         ok, value, _ = self._remote_outcomes([item], token)[0]
@@ -941,20 +974,97 @@ class _Run(Generic[_T, _R]):
         except Cancelled:  # the run is stopping and reports these itself
             self._chunk_stats.compute = None
             return [], False
-        finished = _monotonic()
-        remote_total = sum(seconds for _, _, seconds in outcomes)
-        self._chunk_stats.compute = remote_total
-        # Spread the chunk's wall time over its calls in proportion to their own
-        # time (evenly when the backend does not know it).
-        wall = finished - started
-        timed = []
-        at = started
-        for ok, value, seconds in outcomes:
-            share = seconds / remote_total if remote_total > 0 else 1 / len(outcomes)
-            end = at + wall * share
-            timed.append((ok, value, at, end))
-            at = end
-        return timed, True
+        self._chunk_stats.compute = sum(seconds for _, _, seconds in outcomes)
+        return _timed(outcomes, started, _monotonic()), True
+
+    def _remote_results(
+        self, items: list[Any], timed: list[tuple[bool, Any, float, float]], sink: list[Any]
+    ) -> tuple[list[Any], Exception | None, bool]:
+        """A chunk's outcomes as `_execute` returns them (``timed`` may be short: stopping)."""
+        raise NotImplementedError
+
+    def _plain(self, items: list[Any]) -> bool:
+        """Remote mode: no timeout or retry applies to these items, so they may be queued."""
+        return not self._tracked
+
+    def _lane_slot(self) -> None:
+        """A slot on a backend with lanes: its next chunk waits at the worker.
+
+        Up to `_LANE_DEPTH` chunks are in flight on the slot's lane, run one
+        after the other by one worker, so the worker starts the next chunk as
+        soon as it returns one instead of waiting for the round trip to this
+        thread. The slot still runs one chunk at a time. Items with a timeout
+        or a retry policy go alone, through `Backend.run_chunk`, once the lane
+        is empty (a timeout must not count time spent queued).
+        """
+        assert self._open_lane is not None
+        lane: Lane | None = None
+        inflight: deque[tuple[int, list[Any], float]] = deque()  # first, items, when sent
+        batch = 1
+        back = 0.0  # when the last chunk's outcomes came back
+        try:
+            while True:
+                if len(inflight) < _LANE_DEPTH:
+                    taken = self._take(batch, keep=bool(inflight))
+                    if type(taken) is float:  # only with nothing in flight
+                        self._token.wait(taken)  # the next rate token
+                        with self._lock:
+                            self._rate_waiter = False
+                        self._kick()
+                        continue
+                    if taken is not None:
+                        first, items, retry_state = taken  # type: ignore[misc]
+                        if retry_state is None and self._plain(items):
+                            if lane is None:
+                                lane = self._open_lane(self._token)
+                            lane.send([self._spec(item) for item in items])
+                            inflight.append((first, items, _monotonic()))
+                            continue
+                        while inflight:  # the careful items wait for the lane to empty
+                            back = self._lane_receive(lane, inflight, back)[1]
+                        if lane is not None:
+                            lane.close()
+                            lane = None
+                        outcome = self._execute(first, items, retry_state, [])
+                        self._deliver(first, *outcome)
+                        continue
+                    if not inflight:
+                        return  # _take counted the slot out
+                assert lane is not None
+                size, back, compute, elapsed = self._lane_receive(lane, inflight, back)
+                batch = self._next_chunk(size, elapsed, compute)
+                if not inflight:
+                    lane.close()  # the process is free for other slots until there is work
+                    lane = None
+        except BaseException as error:
+            # Only a bug or an interrupt gets here; the run must still end.
+            with self._lock:
+                self._active -= 1
+            self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
+        finally:
+            if lane is not None:
+                lane.close()
+
+    def _lane_receive(
+        self, lane: Lane | None, inflight: deque[tuple[int, list[Any], float]], back: float
+    ) -> tuple[int, float, float | None, float]:
+        """Deliver the oldest chunk in flight: ``(size, when back, compute, elapsed)``."""
+        assert lane is not None
+        first, items, sent = inflight.popleft()
+        began = max(sent, back)  # queued behind a chunk, it began when that one came back
+        try:
+            outcomes = lane.receive()
+        except WorkerCrashed as crash:
+            outcomes = [(False, WorkerCrashed(*crash.args), 0.0) for _ in items]
+        except Cancelled as error:
+            back = _monotonic()
+            if self._token.cancelled:  # the run is stopping and reports these itself
+                return len(items), back, None, back - began
+            outcomes = [(False, _copy(error), 0.0) for _ in items]
+        back = _monotonic()
+        compute = sum(seconds for _, _, seconds in outcomes)
+        self._deliver(first, *self._remote_results(items, _timed(outcomes, began, back), []))
+        return len(items), back, compute, back - began
 
     def _call(self, item: Any, token: CancelToken) -> Any:
         raise NotImplementedError
@@ -1355,12 +1465,7 @@ class MapRun(_Run[_T, _R]):
         if self._tracked:
             return self._run_careful(first, items, retry_state)
         if self._remote is not None:
-            timed, _ = self._remote_batch(items)
-            for ok, value, _, _ in timed:
-                if not ok:
-                    return values, value, False
-                append(value)
-            return values, None, False
+            return self._remote_results(items, self._remote_batch(items)[0], values)
         fn = self._fn
         try:
             if self._pass_token:
@@ -1377,6 +1482,16 @@ class MapRun(_Run[_T, _R]):
         except Exception as error:
             return values, error, False
         return values, None, False
+
+    def _remote_results(
+        self, items: list[Any], timed: list[tuple[bool, Any, float, float]], sink: list[Any]
+    ) -> tuple[list[Any], Exception | None, bool]:
+        append = sink.append
+        for ok, value, _, _ in timed:
+            if not ok:
+                return sink, value, False
+            append(value)
+        return sink, None, False
 
     def _wants_token(self, item: Any) -> bool:
         return self._pass_token or self._remote is not None  # a timeout cancels the chunk
@@ -1447,19 +1562,11 @@ class JobRun(_Run[Job[Any], Result[Any]]):
     def _execute(
         self, first: int, items: list[Any], retry_state: Any, sink: list[Any]
     ) -> tuple[list[Any], Exception | None, bool]:
-        policy = self._policy
-        if (
-            retry_state is not None
-            or policy.timeout is not None
-            or policy.retry is not None
-            or any(
-                job.timeout is not None or job.retry is not None or job.is_async for job in items
-            )
-        ):
+        if retry_state is not None or not self._plain(items):
             return self._run_careful(first, items, retry_state)
-        fail_fast = policy.fail_fast
+        fail_fast = self._policy.fail_fast
         if self._remote is not None:
-            return self._execute_remote(items, fail_fast)
+            return self._remote_results(items, self._remote_batch(items)[0], [])
         token = self._token
         results = sink
         append = results.append
@@ -1480,19 +1587,29 @@ class JobRun(_Run[Job[Any], Result[Any]]):
                 append(Result(value, None, job.descriptor, 1, started, _monotonic()))
         return results, None, False
 
-    def _execute_remote(
-        self, items: list[Job[Any]], fail_fast: bool
+    def _plain(self, items: list[Any]) -> bool:
+        policy = self._policy
+        return (
+            policy.timeout is None
+            and policy.retry is None
+            and not any(
+                job.timeout is not None or job.retry is not None or job.is_async for job in items
+            )
+        )
+
+    def _remote_results(
+        self, items: list[Any], timed: list[tuple[bool, Any, float, float]], sink: list[Any]
     ) -> tuple[list[Any], Exception | None, bool]:
-        timed, complete = self._remote_batch(items)
-        results: list[Any] = []
-        for job, (ok, value, started, finished) in zip(items, timed, strict=complete):
+        fail_fast = self._policy.fail_fast
+        append = sink.append
+        for job, (ok, value, started, finished) in zip(items, timed, strict=False):
             if ok:
-                results.append(Result(value, None, job.descriptor, 1, started, finished))
+                append(Result(value, None, job.descriptor, 1, started, finished))
             elif fail_fast:
-                return results, value, False
+                return sink, value, False
             else:
-                results.append(Result(None, value, job.descriptor, 1, started, finished))
-        return results, None, False
+                append(Result(None, value, job.descriptor, 1, started, finished))
+        return sink, None, False
 
     def _spec(self, item: Any) -> Call:
         if item.wants_token:
@@ -1602,5 +1719,23 @@ def _no_token(fn: Callable[..., Any]) -> Any:
     )
 
 
-def _copy(error: Cancelled) -> Cancelled:
+def _copy(error: _E) -> _E:
+    """A fresh exception like ``error``, one per result (a traceback is per raise)."""
     return type(error)(*error.args)
+
+
+def _timed(
+    outcomes: list[Outcome], started: float, finished: float
+) -> list[tuple[bool, Any, float, float]]:
+    """``(ok, value, started, finished)`` per outcome: the chunk's wall time spread
+    over its calls in proportion to their own time (evenly when it is not known)."""
+    total = sum(seconds for _, _, seconds in outcomes)
+    wall = finished - started
+    timed = []
+    at = started
+    for ok, value, seconds in outcomes:
+        share = seconds / total if total > 0 else 1 / len(outcomes)
+        end = at + wall * share
+        timed.append((ok, value, at, end))
+        at = end
+    return timed

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._exceptions import NotSendable
+from ._exceptions import Cancelled, NotSendable
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]]
 Outcome = tuple[bool, Any, float]
@@ -72,24 +72,29 @@ def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
         return pickle.dumps(checked, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def worker_main(conn: Any) -> None:
-    """A process worker: run chunks from ``conn`` until it closes."""
+def worker_main(conn: Any, mark: Any) -> None:
+    """A process worker: run chunks from ``conn`` until it closes.
+
+    A chunk comes as ``(seq, [pickled call, ...])``; its calls not started yet
+    are skipped (a `Cancelled` outcome each) once the parent sets
+    ``mark.value`` to ``seq`` or more.
+    """
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        blobs: list[bytes] = pickle.loads(data)
-        calls: list[Call | BaseException] = []
-        for blob in blobs:
-            try:
-                calls.append(pickle.loads(blob))
-            except BaseException as error:  # e.g. a function this process cannot import
-                calls.append(NotSendable(f"the job cannot be loaded in the worker: {error!r}"))
+        seq, blobs = pickle.loads(data)
         outcomes: list[Outcome] = []
-        for call in calls:
-            if isinstance(call, BaseException):
-                outcomes.append((False, call, 0.0))
+        for blob in blobs:
+            if mark.value >= seq:
+                outcomes.append((False, Cancelled("the job was cancelled before it started"), 0.0))
+                continue
+            try:
+                call = pickle.loads(blob)
+            except BaseException as error:  # e.g. a function this process cannot import
+                error = NotSendable(f"the job cannot be loaded in the worker: {error!r}")
+                outcomes.append((False, error, 0.0))
             else:
                 outcomes.extend(run_calls([call]))
         try:

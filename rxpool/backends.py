@@ -25,9 +25,10 @@ import multiprocessing
 import os
 import pickle
 import threading
+from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import wait
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, NoReturn, Protocol, runtime_checkable
 
 from ._checks import check_bool, check_count
 from ._exceptions import Cancelled, NotSendable, WorkerCrashed
@@ -39,6 +40,7 @@ __all__ = [
     "Backend",
     "Call",
     "DaskBackend",
+    "Lane",
     "Outcome",
     "ProcessBackend",
     "ThreadBackend",
@@ -109,16 +111,45 @@ class AsyncioBackend:
         return f"AsyncioBackend(loop={self.loop!r})"
 
 
+class Lane(Protocol):
+    """One worker held by one slot, with chunks queued behind the running one.
+
+    Optional for backends (`ProcessBackend` has it): a backend with
+    ``open_lane(token)`` lets a slot send its next chunk while the worker
+    still runs the last one, so the worker never waits for the round trip.
+    Chunks run one after the other, in the order sent, so a slot still runs
+    one chunk at a time. ``send`` does not raise for the chunk: ``receive``
+    returns the outcomes of the oldest chunk not yet received, or raises for
+    it as `Backend.run_chunk` does. ``close`` ends the lane (the engine first
+    receives every chunk sent).
+    """
+
+    def send(self, calls: Sequence[Call]) -> None: ...
+
+    def receive(self) -> list[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
 class _Worker:
-    __slots__ = ("conn", "process")
+    __slots__ = ("conn", "mark", "process", "sent")
 
     def __init__(self, context: Any) -> None:
         self.conn, child = context.Pipe()
+        # Chunks numbered up to ``mark`` are cancelled: the worker skips their
+        # calls not yet started (set from the parent, read before each call).
+        self.mark = context.RawValue("q", 0)
+        self.sent = 0  # the number of the last chunk sent
         self.process = context.Process(
-            target=worker_main, args=(child,), name="rxpool-process", daemon=True
+            target=worker_main, args=(child, self.mark), name="rxpool-process", daemon=True
         )
         self.process.start()
         child.close()
+
+    def cancel_upto(self, seq: int) -> None:
+        """Skip the calls not started yet of every chunk numbered up to ``seq``."""
+        if self.mark.value < seq:
+            self.mark.value = seq
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -135,20 +166,23 @@ class _Worker:
 class ProcessBackend:
     """Worker processes for CPU-bound pure-Python jobs.
 
-    Each chunk goes to one idle process (started on demand, up to
-    ``processes``) and the slot waits for its outcomes. A job or a result
-    that cannot be pickled gets a `NotSendable` result at once. A process that
-    dies under a chunk (``os._exit``, a segfault, the OOM killer) turns the
-    chunk's jobs into `WorkerCrashed` results and is replaced; with a retry
-    policy they are retried. Functions must be importable by the worker
-    processes (module-level, not lambdas), as with `ProcessPoolExecutor`.
+    Each slot holds one idle process (started on demand, up to
+    ``processes``) while it has chunks to run, and sends its next chunk
+    while the process still runs the last one, so a process never waits for
+    the round trip to the slot. A job or a result that cannot be pickled gets
+    a `NotSendable` result at once. A process that dies under a chunk
+    (``os._exit``, a segfault, the OOM killer) turns that chunk's jobs into
+    `WorkerCrashed` results and is replaced (the chunk queued behind it goes
+    to the new process); with a retry policy they are retried. Functions must
+    be importable by the worker processes (module-level, not lambdas), as
+    with `ProcessPoolExecutor`.
 
-    **Cancellation**: queued jobs never start; a running chunk's results are
-    dropped and its process is free again when it returns. With
-    ``hard_cancel=True`` a cancelled or timed-out job's process is killed at
-    once and replaced instead: the slot is free immediately, at the cost of
-    a new process (about 50 ms with ``spawn``) and of anything else that
-    process held.
+    **Cancellation**: queued jobs never start, including those already sent
+    to a process (it skips them); a running job's result is dropped and its
+    process is free again when it returns. With ``hard_cancel=True`` a
+    cancelled or timed-out job's process is killed at once and replaced
+    instead: the slot is free immediately, at the cost of a new process
+    (about 50 ms with ``spawn``) and of anything else that process held.
 
     Args:
         processes: Worker processes at most (default: the CPU count).
@@ -180,7 +214,11 @@ class ProcessBackend:
         self._context = multiprocessing.get_context(start_method)
         self._cond = threading.Condition()
         self._idle: list[_Worker] = []
-        self._live = 0
+        self._live = 0  # processes started and not discarded
+        # Slots waiting for a process, first come first served: a process
+        # checked in goes to the oldest waiter (None: it may start a new one).
+        self._waiters: deque[object] = deque()
+        self._handed: dict[object, _Worker | None] = {}
         self._closed = False
         self.crashes = 0  # processes that died under a chunk and were replaced
 
@@ -190,82 +228,73 @@ class ProcessBackend:
         for worker in workers:
             self._checkin(worker)
 
+    @property
+    def contended(self) -> bool:
+        """Slots are waiting for a process."""
+        return bool(self._waiters)
+
     def _checkout(self) -> _Worker:
         with self._cond:
-            while True:
-                if self._closed:
-                    raise Cancelled("the process backend is closed")
-                if self._idle:
-                    return self._idle.pop()
-                if self._live < self.processes:
-                    self._live += 1
-                    break
-                self._cond.wait()
+            if self._closed:
+                raise Cancelled("the process backend is closed")
+            if not self._waiters and self._idle:
+                return self._idle.pop()
+            if not self._waiters and self._live < self.processes:
+                self._live += 1
+                worker = None
+            else:
+                ticket = object()
+                self._waiters.append(ticket)
+                while ticket not in self._handed:
+                    if self._closed:
+                        self._waiters.remove(ticket)
+                        raise Cancelled("the process backend is closed")
+                    self._cond.wait()
+                worker = self._handed.pop(ticket)
+                if worker is not None:
+                    return worker
         try:
             return _Worker(self._context)
         except BaseException:
-            with self._cond:
-                self._live -= 1
-                self._cond.notify()
+            self._release(None)
             raise
 
-    def _checkin(self, worker: _Worker) -> None:
+    def _release(self, worker: _Worker | None) -> None:
+        """Give a process (or, None, the right to start one) to the oldest waiter."""
         with self._cond:
+            if self._waiters and not self._closed:
+                self._handed[self._waiters.popleft()] = worker
+                self._cond.notify_all()
+                return
+            if worker is None:
+                self._live -= 1
+                return
             if not self._closed:
                 self._idle.append(worker)
-                self._cond.notify()
                 return
+            self._live -= 1
         worker.stop(1.0)
+
+    def _checkin(self, worker: _Worker) -> None:
+        self._release(worker)
 
     def _discard(self, worker: _Worker) -> None:
         worker.kill()
         worker.process.join(1.0)
         worker.conn.close()
-        with self._cond:
-            self._live -= 1
-            self._cond.notify()
+        self._release(None)
+
+    def open_lane(self, token: CancelToken) -> Lane:
+        """A `Lane` for one slot; ``token`` cancels every chunk sent on it."""
+        return _ProcessLane(self, token)
 
     def run_chunk(self, calls: Sequence[Call], token: CancelToken) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(calls)
-        blobs: list[bytes] = []
-        sent: list[int] = []
-        for index, call in enumerate(calls):
-            try:
-                blobs.append(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
-                sent.append(index)
-            except Exception as error:
-                outcomes[index] = (False, _not_sendable(call, error), 0.0)
-        if blobs:
-            for index, outcome in zip(sent, self._round_trip(blobs, token), strict=True):
-                outcomes[index] = outcome
-        return outcomes  # type: ignore[return-value]
-
-    def _round_trip(self, blobs: list[bytes], token: CancelToken) -> list[Outcome]:
-        worker = self._checkout()
-        link = token.on_cancel(worker.kill) if self.hard_cancel else None
+        lane = _ProcessLane(self, token)
         try:
-            try:
-                worker.conn.send_bytes(pickle.dumps(blobs, protocol=pickle.HIGHEST_PROTOCOL))
-                ready = wait([worker.conn, worker.process.sentinel])
-                data = worker.conn.recv_bytes() if worker.conn in ready else None
-            except (EOFError, OSError):
-                data = None
-            if data is None:  # the process died under the chunk
-                code = _exit_code(worker)
-                self._discard(worker)
-                if self.hard_cancel and token.cancelled:
-                    raise token.new_error()
-                self.crashes += 1
-                raise WorkerCrashed(
-                    f"worker process {worker.process.pid} died (exit code {code})"
-                    f" while running {len(blobs)} job(s)"
-                )
+            lane.send(calls)
+            return lane.receive()
         finally:
-            if link is not None:
-                link.dispose()
-        outcomes: list[Outcome] = pickle.loads(data)
-        self._checkin(worker)
-        return outcomes
+            lane.close()
 
     def close(self) -> None:
         """Stop the idle processes now, busy ones when their chunk returns. Safe twice."""
@@ -282,6 +311,147 @@ class ProcessBackend:
             f"ProcessBackend(processes={self.processes}, chunk_size={self.chunk_size},"
             f" hard_cancel={self.hard_cancel})"
         )
+
+
+# A chunk is sent behind a running one only when it is this small, so sending
+# never blocks on a full pipe (the process reads it only after it has sent the
+# running chunk's outcomes, which the slot reads only after sending).
+_QUEUE_BYTES: Final = 32 * 1024
+
+
+class _Chunk:
+    __slots__ = ("blobs", "outcomes", "sent", "seq", "size")
+
+    def __init__(self, calls: Sequence[Call]) -> None:
+        self.outcomes: list[Outcome | None] = [None] * len(calls)
+        self.sent: list[int] = []  # indexes of the calls that go to the process
+        blobs: list[bytes] = []
+        for index, call in enumerate(calls):
+            try:
+                blobs.append(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
+                self.sent.append(index)
+            except Exception as error:
+                self.outcomes[index] = (False, _not_sendable(call, error), 0.0)
+        self.blobs = blobs
+        self.size = sum(map(len, blobs))
+        self.seq = 0  # its number on the process it was sent to; 0: not sent yet
+
+
+class _ProcessLane:
+    """A `Lane` on a `ProcessBackend`: one process while chunks are in flight."""
+
+    def __init__(self, backend: ProcessBackend, token: CancelToken) -> None:
+        self._backend = backend
+        self._token = token
+        self._worker: _Worker | None = None
+        self._chunks: deque[_Chunk] = deque()  # sent and not received, oldest first
+        self._last = 0  # the number of the last chunk this lane sent to its process
+        self._link = token.on_cancel(self._cancelled)
+
+    def send(self, calls: Sequence[Call]) -> None:
+        self._chunks.append(_Chunk(calls))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send the chunks not sent yet, in order, as far as the pipe allows.
+
+        While other slots wait for a process, a chunk is not queued behind
+        another, and the lane gives its process to the oldest waiter before
+        sending the next chunk: processes go round chunk by chunk.
+        """
+        backend = self._backend
+        ahead = False  # a chunk is in the pipe ahead of this one
+        for chunk in self._chunks:
+            if not chunk.blobs:
+                continue  # nothing in it could be sent
+            if not chunk.seq:
+                if self._token.cancelled or (
+                    ahead and (chunk.size > _QUEUE_BYTES or backend.contended)
+                ):
+                    return
+                if not ahead and self._worker is not None and backend.contended:
+                    worker, self._worker = self._worker, None
+                    backend._checkin(worker)
+                try:
+                    self._transmit(chunk)
+                except Cancelled:
+                    return  # the backend is closed: receive() says so for each chunk not sent
+            ahead = True
+
+    def _transmit(self, chunk: _Chunk) -> None:
+        worker = self._worker
+        if worker is None:
+            worker = self._worker = self._backend._checkout()
+        elif self._backend._closed:
+            raise Cancelled("the process backend is closed")
+        worker.sent += 1
+        chunk.seq = self._last = worker.sent
+        if self._token.cancelled:  # a cancel that came while the chunk was on its way
+            worker.cancel_upto(chunk.seq)
+        try:
+            message = pickle.dumps((chunk.seq, chunk.blobs), protocol=pickle.HIGHEST_PROTOCOL)
+            worker.conn.send_bytes(message)
+        except OSError:
+            pass  # the process died: receive() finds out
+
+    def _cancelled(self) -> None:
+        worker = self._worker
+        if worker is not None:
+            worker.cancel_upto(self._last)
+            if self._backend.hard_cancel:
+                worker.kill()
+
+    def receive(self) -> list[Outcome]:
+        chunk = self._chunks.popleft()
+        if chunk.blobs:
+            if not chunk.seq:  # held back, or its process died: nothing is ahead of it now
+                if self._token.cancelled:
+                    raise self._token.new_error()  # it never starts
+                self._transmit(chunk)
+            data = self._read()
+            if data is None:
+                self._crashed(len(chunk.sent))
+            for index, outcome in zip(chunk.sent, pickle.loads(data), strict=True):
+                chunk.outcomes[index] = outcome
+            self._pump()
+        return chunk.outcomes  # type: ignore[return-value]
+
+    def _read(self) -> bytes | None:
+        """The running chunk's outcomes, or None if the process died under it."""
+        worker = self._worker
+        assert worker is not None
+        try:
+            ready = wait([worker.conn, worker.process.sentinel])
+            return worker.conn.recv_bytes() if worker.conn in ready else None
+        except (EOFError, OSError):
+            return None
+
+    def _crashed(self, jobs: int) -> NoReturn:
+        worker = self._worker
+        assert worker is not None
+        self._worker = None
+        code = _exit_code(worker)
+        self._backend._discard(worker)
+        # The chunks queued behind never started: they go to a new process.
+        for queued in self._chunks:
+            queued.seq = 0
+        if self._backend.hard_cancel and self._token.cancelled:
+            raise self._token.new_error()
+        self._backend.crashes += 1
+        raise WorkerCrashed(
+            f"worker process {worker.process.pid} died (exit code {code})"
+            f" while running {jobs} job(s)"
+        )
+
+    def close(self) -> None:
+        self._link.dispose()
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        if self._chunks:  # left with chunks in flight: nobody will read their outcomes
+            self._backend._discard(worker)
+        else:
+            self._backend._checkin(worker)
 
 
 def _exit_code(worker: _Worker) -> int | None:

@@ -62,3 +62,16 @@ class Unpicklable:
 
 def unpicklable_result(x: int) -> Unpicklable:
     return Unpicklable()
+
+
+def touch(path: str) -> str:
+    """Leave a trace that the job ran."""
+    Path(path).touch()
+    return path
+
+
+def announce_then_sleep(path: str, seconds: float) -> float:
+    """Say the job started (a file appears), then sleep."""
+    Path(path).touch()
+    time.sleep(seconds)
+    return seconds

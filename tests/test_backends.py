@@ -293,6 +293,99 @@ def test_chunks_keep_per_job_results() -> None:
         backend.close()
 
 
+@pytest.mark.parametrize("hard_cancel", [False, True])
+def test_a_chunk_queued_at_a_process_never_starts_after_dispose(
+    tmp_path: Path, hard_cancel: bool
+) -> None:
+    # One process, one job per chunk: while the first job runs, the slot has
+    # already sent the next chunk to the process; dispose must stop it there
+    # (and, with hard_cancel, not send it again to the process that replaces
+    # the one killed).
+    backend = ProcessBackend(1, chunk_size=1, hard_cancel=hard_cancel)
+    started, ran = tmp_path / "started", tmp_path / "ran"
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            recorder = Recorder()
+            jobs = [
+                Job(_jobs.announce_then_sleep, args=(str(started), 0.5)),
+                Job(_jobs.touch, args=(str(ran),)),
+            ]
+            subscription = pool.run(jobs).subscribe(recorder.on_next)
+            assert wait_until(started.exists, timeout=20)
+            subscription.dispose()
+            # The process runs its chunks in order: once a later job is done,
+            # the queued one has been skipped or has run.
+            (after,) = collect(pool.run([Job(_jobs.double, args=(2,))])).values
+            assert after.value == 4
+        assert not ran.exists(), "a job queued at the process ran after dispose"
+        assert recorder.values == []
+        assert backend.crashes == 0  # a kill we asked for is not a crash
+    finally:
+        backend.close()
+
+
+def test_a_crash_fails_only_the_running_chunk_not_the_one_queued_behind() -> None:
+    backend = ProcessBackend(1, chunk_size=1)
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            jobs = [Job(_jobs.die, args=(3,), id="dies")] + [
+                Job(_jobs.double, args=(i,), id=i) for i in range(5)
+            ]
+            results = {r.id: r for r in collect(pool.run(jobs)).values}
+        assert isinstance(results["dies"].error, rxpool.WorkerCrashed)
+        assert [results[i].value for i in range(5)] == [0, 2, 4, 6, 8]
+        assert backend.crashes == 1
+    finally:
+        backend.close()
+
+
+def test_runs_sharing_processes_take_turns() -> None:
+    # A long run keeps its process busy with chunks queued back to back; a run
+    # that starts meanwhile gets the process at the next chunk, not at the end.
+    backend = ProcessBackend(1, chunk_size=1)
+    try:
+        with WorkerPool(1, backend=backend) as long_pool, WorkerPool(1, backend=backend) as other:
+            first = threading.Event()
+            long_run = Recorder()
+            jobs = (Job(_jobs.sleep_for, args=(0.01,)) for _ in range(300))
+            long_pool.run(jobs).subscribe(
+                lambda r: (long_run.on_next(r), first.set()),
+                long_run.on_error,
+                long_run.on_completed,
+            )
+            assert first.wait(20)
+            (result,) = collect(other.run([Job(_jobs.double, args=(21,))])).values
+            assert result.value == 42
+            assert not long_run.ended.is_set(), "the second run waited for the first to end"
+            assert long_run.ended.wait(30)
+        assert len(long_run.values) == 300
+    finally:
+        backend.close()
+
+
+def test_closing_the_backend_under_a_run_fails_the_rest_with_results() -> None:
+    backend = ProcessBackend(1, chunk_size=1)
+    backend.warm()
+    with WorkerPool(1, backend=backend) as pool:
+        recorder = Recorder()
+        closed = threading.Event()
+
+        def on_next(result: Result[Any]) -> None:
+            recorder.on_next(result)
+            if not closed.is_set():
+                closed.set()
+                backend.close()
+
+        jobs = [Job(_jobs.sleep_for, args=(0.05,), id=i) for i in range(20)]
+        pool.run(jobs).subscribe(on_next, recorder.on_error, recorder.on_completed)
+        assert recorder.ended.wait(30)
+    results = recorder.values
+    assert sorted(r.id for r in results) == list(range(20))  # nothing lost
+    assert results[0].ok
+    assert any(isinstance(r.error, Cancelled) for r in results)
+    assert all(r.ok or isinstance(r.error, Cancelled) for r in results)
+
+
 def test_pool_owned_processes_stop_with_the_pool() -> None:
     import multiprocessing
 

@@ -50,6 +50,7 @@ def test_backends_all() -> None:
         "Backend",
         "Call",
         "DaskBackend",
+        "Lane",
         "Outcome",
         "ProcessBackend",
         "ThreadBackend",
