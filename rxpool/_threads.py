@@ -26,10 +26,13 @@ class ThreadRunner:
     threads exit at once. ``spawn`` still works after `close`, so runs in
     progress can finish; the owner refuses new runs.
 
-    Threads start as a tree: `spawn` starts at most one thread, and each new
-    thread starts up to two more before it takes a task, while tasks are
-    waiting. Starting N threads then costs the caller one thread start, and the
-    last slot of a wide run starts after about log2(N) starts, not N.
+    Threads start from a starter: `spawn` starts at most one thread, and that
+    thread starts the others the waiting tasks need, one after the other, before
+    it takes a task itself; each of them takes a task at once. Starting N
+    threads then costs the caller one thread start. Thread starts are
+    serialised by the GIL (about 0.1 ms each with busy threads around), so
+    the order matters: a tree of starters, where each new thread starts two
+    more before working, kept threads waiting twice as long on average.
     """
 
     __slots__ = (
@@ -39,6 +42,7 @@ class ThreadRunner:
         "_idle",
         "_keep",
         "_linger",
+        "_starter",
         "_starting",
         "_tasks",
         "_threads",
@@ -49,6 +53,7 @@ class ThreadRunner:
         self._tasks: deque[Callable[[], None]] = deque()
         self._idle = 0
         self._starting = 0  # threads started that have not yet looked for a task
+        self._starter = False  # a thread is starting the threads that tasks wait for
         self._threads: set[threading.Thread] = set()
         self._linger = linger
         self._keep = keep
@@ -62,27 +67,59 @@ class ThreadRunner:
             # One lock round and one notify call for the lot: waking idle threads
             # one spawn at a time makes each woken thread contend with the caller.
             self._cond.notify(min(self._idle, count))
-            if len(self._tasks) <= self._idle or self._starting:
+            if len(self._tasks) <= self._idle or self._starting or self._starter:
                 return  # idle threads cover it, or a thread on its way up starts more
-            self._start_thread()
+            # Started under the lock, unlike the starter's: the new thread waits
+            # for the lock until the caller is out of spawn(), so a subscribe()
+            # returns before its run's first jobs compete with it for the GIL.
+            thread = self._new_thread()
+            try:
+                thread.start()
+            except BaseException:
+                self._starting -= 1
+                self._threads.discard(thread)
+                raise
 
-    def _start_thread(self) -> None:
-        """Start a thread (under ``_cond``: `join` never sees one not yet started)."""
+    def _new_thread(self) -> threading.Thread:
+        """A thread to start, counted as starting (under ``_cond``)."""
         thread = threading.Thread(
             target=self._work, name=f"rxpool-worker-{next(_names)}", daemon=True
         )
         self._starting += 1
-        thread.start()  # returns once the thread runs, before it needs ``_cond``
         self._threads.add(thread)
+        return thread
+
+    def _start(self, thread: threading.Thread) -> None:
+        """Start ``thread`` outside ``_cond`` (the starter: the threads it started
+        meanwhile need ``_cond`` to take their tasks)."""
+        try:
+            thread.start()
+        except BaseException:
+            with self._cond:
+                self._starting -= 1
+                self._threads.discard(thread)
+            raise
 
     def _work(self) -> None:
         cond = self._cond
         with cond:
             self._starting -= 1
-            # Tasks not covered by idle threads, threads starting, or this one.
-            deficit = len(self._tasks) - self._idle - self._starting - 1
-            for _ in range(min(2, max(0, deficit))):
-                self._start_thread()
+            starter = not self._starter
+            self._starter = True
+        while starter:
+            with cond:
+                # Tasks not covered by idle threads, threads starting, or this one.
+                if len(self._tasks) - self._idle - self._starting - 1 <= 0:
+                    self._starter = False
+                    break
+                thread = self._new_thread()
+            try:
+                self._start(thread)
+            except Exception:  # out of threads: the ones running take the tasks
+                _log.exception("rxpool: could not start a worker thread")
+                with cond:
+                    self._starter = False
+                break
         while True:
             with cond:
                 while not self._tasks:
@@ -130,10 +167,11 @@ class ThreadRunner:
         with self._cond:
             threads = list(self._threads)
         for thread in threads:
-            if thread is not threading.current_thread():
+            # A thread is in the set from just before it starts.
+            if thread is not threading.current_thread() and thread.ident is not None:
                 thread.join(timeout)
         with self._cond:
-            return not any(t.is_alive() for t in self._threads)
+            return not any(t.is_alive() or t.ident is None for t in self._threads)
 
     @property
     def threads(self) -> int:
