@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -212,7 +213,7 @@ class ProcessBackend:
                 f" got {start_method!r}"
             )
         self._context = multiprocessing.get_context(start_method)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())  # _release nests in _checkout
         self._idle: list[_Worker] = []
         self._live = 0  # processes started and not discarded
         # Slots waiting for a process, first come first served: a process
@@ -223,10 +224,21 @@ class ProcessBackend:
         self.crashes = 0  # processes that died under a chunk and were replaced
 
     def warm(self) -> None:
-        """Start every process now, instead of on demand."""
+        """Start every process now, instead of on demand, and wait until each is ready."""
         workers = [self._checkout() for _ in range(self.processes)]
+        for worker in workers:  # an empty chunk: its answer says the process is up
+            worker.sent += 1
+            with contextlib.suppress(OSError):
+                worker.conn.send_bytes(pickle.dumps((worker.sent, [])))
         for worker in workers:
-            self._checkin(worker)
+            try:
+                if worker.conn in wait([worker.conn, worker.process.sentinel]):
+                    worker.conn.recv_bytes()
+                    self._checkin(worker)
+                    continue
+            except (EOFError, OSError):
+                pass
+            self._discard(worker)  # it died starting: the next checkout starts another
 
     @property
     def contended(self) -> bool:
@@ -245,11 +257,17 @@ class ProcessBackend:
             else:
                 ticket = object()
                 self._waiters.append(ticket)
-                while ticket not in self._handed:
-                    if self._closed:
+                try:
+                    while ticket not in self._handed:
+                        if self._closed:
+                            raise Cancelled("the process backend is closed")
+                        self._cond.wait()
+                except BaseException:  # closed, or interrupted while waiting
+                    if ticket in self._handed:
+                        self._release(self._handed.pop(ticket))  # to the next waiter
+                    else:
                         self._waiters.remove(ticket)
-                        raise Cancelled("the process backend is closed")
-                    self._cond.wait()
+                    raise
                 worker = self._handed.pop(ticket)
                 if worker is not None:
                     return worker
