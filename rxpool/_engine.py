@@ -788,13 +788,17 @@ class _Run(Generic[_T, _R]):
         return want
 
     def _register(self, items: list[Any]) -> tuple[int, list[Any], None]:
+        count = len(items)
         if self.tracker is not None:
-            self.tracker.taken += len(items)
+            self.tracker.taken += count
         first = self._seq
-        self._seq = first + len(items)
-        self._pending += len(items)
+        self._seq = first + count
+        self._pending += count
         if self._tracked:
-            self._inflight.update(zip(range(first, first + len(items)), items, strict=True))
+            if count == 1:  # slow jobs go one by one: the common case when it matters
+                self._inflight[first] = items[0]
+            else:
+                self._inflight.update(zip(range(first, first + count), items, strict=True))
         return first, items, None
 
     # -- execution ----------------------------------------------------------------------------
@@ -1610,13 +1614,12 @@ class JobRun(_Run[Job[Any], Result[Any]]):
 
     def _plain(self, items: list[Any]) -> bool:
         policy = self._policy
-        return (
-            policy.timeout is None
-            and policy.retry is None
-            and not any(
-                job.timeout is not None or job.retry is not None or job.is_async for job in items
-            )
-        )
+        if policy.timeout is not None or policy.retry is not None:
+            return False
+        for job in items:  # a loop, not any(): this runs for every batch
+            if job.timeout is not None or job.retry is not None or job.is_async:
+                return False
+        return True
 
     def _remote_results(
         self, items: list[Any], timed: list[tuple[bool, Any, float, float]], sink: list[Any]
