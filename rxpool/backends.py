@@ -362,6 +362,9 @@ class _ProcessLane:
         self._backend = backend
         self._token = token
         self._worker: _Worker | None = None
+        # Held while the process leaves the lane and while a cancel acts on it,
+        # so a cancel never kills or marks a process another lane has now.
+        self._guard = threading.Lock()
         self._chunks: deque[_Chunk] = deque()  # sent and not received, oldest first
         self._last = 0  # the number of the last chunk this lane sent to its process
         self._link = token.on_cancel(self._cancelled)
@@ -388,8 +391,7 @@ class _ProcessLane:
                 ):
                     return
                 if not ahead and self._worker is not None and backend.contended:
-                    worker, self._worker = self._worker, None
-                    backend._checkin(worker)
+                    backend._checkin(self._let_go())
                 try:
                     self._transmit(chunk)
                 except Cancelled:
@@ -399,7 +401,9 @@ class _ProcessLane:
     def _transmit(self, chunk: _Chunk) -> None:
         worker = self._worker
         if worker is None:
-            worker = self._worker = self._backend._checkout()
+            worker = self._backend._checkout()
+            with self._guard:
+                self._worker = worker
         elif self._backend._closed:
             raise Cancelled("the process backend is closed")
         worker.sent += 1
@@ -413,11 +417,19 @@ class _ProcessLane:
             pass  # the process died: receive() finds out
 
     def _cancelled(self) -> None:
-        worker = self._worker
-        if worker is not None:
-            worker.cancel_upto(self._last)
-            if self._backend.hard_cancel:
-                worker.kill()
+        with self._guard:
+            worker = self._worker
+            if worker is not None:
+                worker.cancel_upto(self._last)
+                if self._backend.hard_cancel:
+                    worker.kill()
+
+    def _let_go(self) -> _Worker:
+        """Take the process out of the lane (it has one)."""
+        with self._guard:
+            worker, self._worker = self._worker, None
+        assert worker is not None
+        return worker
 
     def receive(self) -> list[Outcome]:
         chunk = self._chunks.popleft()
@@ -445,9 +457,7 @@ class _ProcessLane:
             return None
 
     def _crashed(self, jobs: int) -> NoReturn:
-        worker = self._worker
-        assert worker is not None
-        self._worker = None
+        worker = self._let_go()
         code = _exit_code(worker)
         self._backend._discard(worker)
         # The chunks queued behind never started: they go to a new process.
@@ -463,9 +473,9 @@ class _ProcessLane:
 
     def close(self) -> None:
         self._link.dispose()
-        worker, self._worker = self._worker, None
-        if worker is None:
+        if self._worker is None:
             return
+        worker = self._let_go()
         if self._chunks:  # left with chunks in flight: nobody will read their outcomes
             self._backend._discard(worker)
         else:
