@@ -403,10 +403,7 @@ class _Run(Generic[_T, _R]):
                 if taken is None:
                     return
                 if type(taken) is float:
-                    self._token.wait(taken)  # thread slots wait for the next rate token
-                    with self._lock:
-                        self._rate_waiter = False
-                    self._kick()
+                    self._wait_for_token(taken)
                     continue
                 first, items, retry_state = taken  # type: ignore[misc]
                 began = _perf_counter()
@@ -429,6 +426,13 @@ class _Run(Generic[_T, _R]):
             with self._lock:
                 self._active -= 1
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
+
+    def _wait_for_token(self, seconds: float) -> None:
+        """A thread slot that `_take` made the rate waiter: wait, then let slots take again."""
+        self._token.wait(seconds)
+        with self._lock:
+            self._rate_waiter = False
+        self._kick()
 
     def _execute_flushed(
         self, first: int, items: list[Any]
@@ -977,11 +981,11 @@ class _Run(Generic[_T, _R]):
         try:
             return self._remote.run_chunk([self._spec(item) for item in items], token)
         except WorkerCrashed as crash:
-            return [(False, WorkerCrashed(*crash.args), 0.0) for _ in items]
+            return _each_failed(items, crash)
         except Cancelled as error:
             if token.cancelled:
                 raise
-            return [(False, _copy(error), 0.0) for _ in items]  # e.g. the backend was closed
+            return _each_failed(items, error)  # e.g. the backend was closed
 
     def _remote_call(self, item: Any, token: CancelToken) -> Any:
         ok, value, _ = self._remote_outcomes([item], token)[0]
@@ -1031,10 +1035,7 @@ class _Run(Generic[_T, _R]):
                 if len(inflight) < _LANE_DEPTH:
                     taken = self._take(batch, keep=bool(inflight))
                     if type(taken) is float:  # only with nothing in flight
-                        self._token.wait(taken)  # the next rate token
-                        with self._lock:
-                            self._rate_waiter = False
-                        self._kick()
+                        self._wait_for_token(taken)
                         continue
                     if taken is not None:
                         first, items, retry_state = taken  # type: ignore[misc]
@@ -1056,7 +1057,8 @@ class _Run(Generic[_T, _R]):
                         return  # _take counted the slot out
                 assert lane is not None
                 size, back, compute, elapsed = self._lane_receive(lane, inflight, back)
-                cpu, cpu_mark = _thread_time() - cpu_mark, _thread_time()
+                cpu_now = _thread_time()
+                cpu, cpu_mark = cpu_now - cpu_mark, cpu_now
                 batch = self._next_chunk(size, elapsed, compute, cpu)
                 if not inflight:
                     lane.close()  # the process is free for other slots until there is work
@@ -1080,12 +1082,12 @@ class _Run(Generic[_T, _R]):
         try:
             outcomes = lane.receive()
         except WorkerCrashed as crash:
-            outcomes = [(False, WorkerCrashed(*crash.args), 0.0) for _ in items]
+            outcomes = _each_failed(items, crash)
         except Cancelled as error:
             back = _monotonic()
             if self._token.cancelled:  # the run is stopping and reports these itself
                 return len(items), back, None, back - began
-            outcomes = [(False, _copy(error), 0.0) for _ in items]
+            outcomes = _each_failed(items, error)
         back = _monotonic()
         compute = sum(seconds for _, _, seconds in outcomes)
         self._deliver(first, *self._remote_results(items, _timed(outcomes, began, back), []))
@@ -1746,6 +1748,11 @@ def _no_token(fn: Callable[..., Any]) -> Any:
 def _copy(error: _E) -> _E:
     """A fresh exception like ``error``, one per result (a traceback is per raise)."""
     return type(error)(*error.args)
+
+
+def _each_failed(items: list[Any], error: Exception) -> list[Outcome]:
+    """The outcome of every item of a chunk that failed whole: a fresh copy of ``error`` each."""
+    return [(False, _copy(error), 0.0) for _ in items]
 
 
 def _timed(

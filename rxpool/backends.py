@@ -123,6 +123,12 @@ class Lane(Protocol):
     returns the outcomes of the oldest chunk not yet received, or raises for
     it as `Backend.run_chunk` does. ``close`` ends the lane (the engine first
     receives every chunk sent).
+
+    Threading: one slot thread calls ``send``, ``receive`` and ``close``; the
+    cancel of the lane's token (``open_lane(token)``) may come from any
+    thread, and must keep chunks not yet started from starting. Cost: the
+    engine keeps at most two chunks in flight, so a lane holds at most one
+    chunk's calls beyond the running one.
     """
 
     def send(self, calls: Sequence[Call]) -> None: ...
@@ -241,7 +247,7 @@ class ProcessBackend:
             self._discard(worker)  # it died starting: the next checkout starts another
 
     @property
-    def contended(self) -> bool:
+    def _contended(self) -> bool:
         """Slots are waiting for a process."""
         return bool(self._waiters)
 
@@ -387,10 +393,10 @@ class _ProcessLane:
                 continue  # nothing in it could be sent
             if not chunk.seq:
                 if self._token.cancelled or (
-                    ahead and (chunk.size > _QUEUE_BYTES or backend.contended)
+                    ahead and (chunk.size > _QUEUE_BYTES or backend._contended)
                 ):
                     return
-                if not ahead and self._worker is not None and backend.contended:
+                if not ahead and self._worker is not None and backend._contended:
                     backend._checkin(self._let_go())
                 try:
                     self._transmit(chunk)
