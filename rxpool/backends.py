@@ -189,13 +189,23 @@ class ProcessBackend:
     process is free again when it returns. With ``hard_cancel=True`` a
     cancelled or timed-out job's process is killed at once and replaced
     instead: the slot is free immediately, at the cost of a new process
-    (about 50 ms with ``spawn``) and of anything else that process held.
+    (a few ms with ``forkserver``, 100 ms or more with ``spawn``) and of
+    anything else that process held.
+
+    **Starting processes**: by default with ``forkserver`` where the platform
+    has it (Linux, macOS), else ``spawn``. A new process is then forked from
+    a server process that has imported rxpool (rxpool adds ``rxpool._remote``
+    to the forkserver's preload list before the server starts), so it starts
+    in milliseconds instead of importing Python and rxpool again; the server
+    itself starts once per program, with the first such backend. ``fork`` is
+    refused: rxpool always forks from a process with threads running.
 
     Args:
         processes: Worker processes at most (default: the CPU count).
         chunk_size: Calls per chunk; None sizes them from the last round trip.
         hard_cancel: Kill the process of a cancelled or timed-out job.
-        start_method: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``.
+        start_method: ``"forkserver"`` or ``"spawn"``; None (the default):
+            ``"forkserver"`` where available, else ``"spawn"``.
 
     Raises:
         TypeError / ValueError: an argument has the wrong type or value.
@@ -207,18 +217,28 @@ class ProcessBackend:
         *,
         chunk_size: int | None = None,
         hard_cancel: bool = False,
-        start_method: str = "spawn",
+        start_method: str | None = None,
     ) -> None:
         self.processes = check_count("processes", processes or os.cpu_count() or 1)
         self.chunk_size = None if chunk_size is None else check_count("chunk_size", chunk_size)
         check_bool("hard_cancel", hard_cancel)
         self.hard_cancel = hard_cancel
-        if start_method not in multiprocessing.get_all_start_methods():
+        methods = [m for m in multiprocessing.get_all_start_methods() if m != "fork"]
+        if start_method is None:
+            start_method = "forkserver" if "forkserver" in methods else "spawn"
+        elif start_method == "fork":
             raise ValueError(
-                f"start_method must be one of {multiprocessing.get_all_start_methods()},"
-                f" got {start_method!r}"
+                "start_method='fork' is not supported: rxpool forks from a process that runs"
+                " threads, so a new process could inherit a lock held by another thread or"
+                " another process's pipe (and a crash would go unseen); use 'forkserver'"
+                " or 'spawn'"
             )
+        elif start_method not in methods:
+            raise ValueError(f"start_method must be one of {methods} or None, got {start_method!r}")
+        self.start_method = start_method
         self._context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            _preload_in_forkserver(self._context)
         self._cond = threading.Condition(threading.RLock())  # _release nests in _checkout
         self._idle: list[_Worker] = []
         self._live = 0  # processes started and not discarded
@@ -333,8 +353,25 @@ class ProcessBackend:
     def __repr__(self) -> str:
         return (
             f"ProcessBackend(processes={self.processes}, chunk_size={self.chunk_size},"
-            f" hard_cancel={self.hard_cancel})"
+            f" hard_cancel={self.hard_cancel}, start_method={self.start_method!r})"
         )
+
+
+_WORKER_MODULE: Final = "rxpool._remote"
+
+
+def _preload_in_forkserver(context: Any) -> None:
+    """Have the forkserver import rxpool's worker module once, before it forks workers.
+
+    The preload list only counts before the server starts; the modules already
+    on it (``["__main__"]`` unless the program set its own) are kept.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    preload = list(getattr(server, "_preload_modules", ["__main__"]))
+    if _WORKER_MODULE not in preload:
+        context.set_forkserver_preload([*preload, _WORKER_MODULE])
 
 
 # A chunk is sent behind a running one only when it is this small, so sending

@@ -3,6 +3,7 @@ accounting and cancellation on threads, the asyncio loop, processes and Dask."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,6 +221,33 @@ def test_backend_names_and_objects() -> None:
         ProcessBackend(2, chunk_size=0)
     with pytest.raises(ValueError, match="start_method"):
         ProcessBackend(2, start_method="teleport")
+    with pytest.raises(ValueError, match="start_method='fork' is not supported"):
+        ProcessBackend(2, start_method="fork")
+
+
+def test_processes_start_from_a_forkserver_by_default() -> None:
+    methods = multiprocessing.get_all_start_methods()
+    expected = "forkserver" if "forkserver" in methods else "spawn"
+    assert ProcessBackend(1).start_method == expected
+    assert f"start_method={expected!r}" in repr(ProcessBackend(1))
+
+
+@pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here"
+)
+def test_the_forkserver_preload_keeps_the_programs_own_modules() -> None:
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    saved = list(server._preload_modules)
+    try:
+        multiprocessing.set_forkserver_preload(["__main__", "json"])
+        ProcessBackend(1, start_method="forkserver")
+        assert server._preload_modules == ["__main__", "json", "rxpool._remote"]
+        ProcessBackend(1)  # added once
+        assert server._preload_modules.count("rxpool._remote") == 1
+    finally:
+        multiprocessing.set_forkserver_preload(saved)
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -245,8 +273,11 @@ def test_unpicklable_job_fails_at_once_with_a_clear_result(processes: ProcessBac
     assert results["fine"].value == 8
 
 
-def test_a_crashed_process_is_replaced_and_the_run_goes_on() -> None:
-    backend = ProcessBackend(2, chunk_size=1)
+@pytest.mark.parametrize(
+    "start_method", [m for m in multiprocessing.get_all_start_methods() if m != "fork"]
+)
+def test_a_crashed_process_is_replaced_and_the_run_goes_on(start_method: str) -> None:
+    backend = ProcessBackend(2, chunk_size=1, start_method=start_method)
     try:
         with WorkerPool(2, backend=backend) as pool:
             jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(10)]
