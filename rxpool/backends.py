@@ -25,6 +25,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import select
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -139,7 +140,7 @@ class Lane(Protocol):
 
 
 class _Worker:
-    __slots__ = ("conn", "mark", "process", "sent")
+    __slots__ = ("_poll", "conn", "mark", "process", "sent")
 
     def __init__(self, context: Any) -> None:
         self.conn, child = context.Pipe()
@@ -152,6 +153,27 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        # The pipe and the process's sentinel, registered once: a wait for the
+        # next outcomes is one poll() call (only the thread holding the worker reads).
+        self._poll: Any = None
+        if hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(self.conn.fileno(), select.POLLIN)
+            self._poll.register(self.process.sentinel, select.POLLIN)
+
+    def read(self) -> bytes | None:
+        """The next message from the process, or None if it died first."""
+        try:
+            if self._poll is not None:
+                fileno = self.conn.fileno()
+                if not any(fd == fileno for fd, _ in self._poll.poll()):
+                    return None  # only the sentinel: the process died
+            elif self.conn not in wait([self.conn, self.process.sentinel]):
+                return None
+            data: bytes = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            return None
+        return data
 
     def cancel_upto(self, seq: int) -> None:
         """Skip the calls not started yet of every chunk numbered up to ``seq``."""
@@ -197,7 +219,8 @@ class ProcessBackend:
     a server process that has imported rxpool (rxpool adds ``rxpool._remote``
     to the forkserver's preload list before the server starts), so it starts
     in milliseconds instead of importing Python and rxpool again; the server
-    itself starts once per program, with the first such backend. ``fork`` is
+    itself starts once per program, with the first such backend (its
+    processes see ``os.environ`` as it was then). ``fork`` is
     refused: rxpool always forks from a process with threads running.
 
     Args:
@@ -257,14 +280,10 @@ class ProcessBackend:
             with contextlib.suppress(OSError):
                 worker.conn.send_bytes(pickle.dumps((worker.sent, [])))
         for worker in workers:
-            try:
-                if worker.conn in wait([worker.conn, worker.process.sentinel]):
-                    worker.conn.recv_bytes()
-                    self._checkin(worker)
-                    continue
-            except (EOFError, OSError):
-                pass
-            self._discard(worker)  # it died starting: the next checkout starts another
+            if worker.read() is not None:
+                self._checkin(worker)
+            else:
+                self._discard(worker)  # it died starting: the next checkout starts another
 
     @property
     def _contended(self) -> bool:
@@ -481,23 +500,14 @@ class _ProcessLane:
                 if self._token.cancelled:
                     raise self._token.new_error()  # it never starts
                 self._transmit(chunk)
-            data = self._read()
+            assert self._worker is not None
+            data = self._worker.read()  # None: the process died under the chunk
             if data is None:
                 self._crashed(len(chunk.sent))
             for index, outcome in zip(chunk.sent, pickle.loads(data), strict=True):
                 chunk.outcomes[index] = outcome
             self._pump()
         return chunk.outcomes  # type: ignore[return-value]
-
-    def _read(self) -> bytes | None:
-        """The running chunk's outcomes, or None if the process died under it."""
-        worker = self._worker
-        assert worker is not None
-        try:
-            ready = wait([worker.conn, worker.process.sentinel])
-            return worker.conn.recv_bytes() if worker.conn in ready else None
-        except (EOFError, OSError):
-            return None
 
     def _crashed(self, jobs: int) -> NoReturn:
         worker = self._let_go()
