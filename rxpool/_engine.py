@@ -1697,6 +1697,26 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             self._emit_all(numbered[seq] for seq in sorted(numbered))
         self._emit_all(fresh)
 
+    def withdraw(self, job: Job[Any], error: Cancelled) -> bool:
+        """Give a job still waiting in the buffer a Cancelled result now: it never starts.
+
+        False when it is not waiting here: taken by a slot already, or the run has ended.
+        """
+        with self._lock:
+            buffer = self._buffer
+            if self._stopped or type(buffer) is not deque:
+                return False  # a priority buffer holds no submitted job
+            for index, waiting in enumerate(buffer):
+                if waiting is job:
+                    del buffer[index]
+                    break
+            else:
+                return False
+            now = _monotonic()
+            self._emit_all([Result(None, error, job.descriptor, 1, now, now)])
+            self._maybe_complete()
+        return True
+
     def _taken_while_stopping(self, items: list[Any]) -> None:
         parent = self._token._parent
         assert parent is not None

@@ -292,9 +292,10 @@ class WorkerPool:
         self._check_open()
         future: _JobFuture[_R] = _JobFuture()
         if self._remote is not None:
-            # The call crosses into another process as it is: a queued job whose
-            # future was cancelled may still run there; its outcome is discarded.
+            # The call crosses into another process as it is, so the future's
+            # token cannot stop it there: a cancel takes it out of the buffer.
             job: Job[Any] = Job(fn, args=args, kwargs=kwargs)
+            future.token.on_cancel(lambda: self._withdraw(job, future.token))
         else:
             job = Job(self._submitted(fn, args, kwargs, future))
         with self._submit_lock:
@@ -317,6 +318,15 @@ class WorkerPool:
             self._futures[job.id] = future
         submissions.on_next(job)
         return future
+
+    def _withdraw(self, job: Job[Any], token: CancelToken) -> None:
+        """A submitted job's future was cancelled: if no slot has taken it yet, it never will."""
+        with self._lock:
+            runs = list(self._runs)
+        error = token.new_error()
+        for run in runs:
+            if run.withdraw(job, error):
+                return
 
     def asubmit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Awaitable[_R]:
         """`submit` for asyncio code: an awaitable of the value; cancelling it cancels the job.

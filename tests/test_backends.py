@@ -201,6 +201,22 @@ def test_bad_input_is_refused_at_the_call(backend: Any) -> None:
             pool.run(42)  # type: ignore[arg-type]
 
 
+def test_a_submitted_job_cancelled_while_it_waits_never_starts(
+    tmp_path: Path, backend: Any
+) -> None:
+    running, skipped, after = (str(tmp_path / name) for name in ("running", "skipped", "after"))
+    with WorkerPool(1, backend=backend) as pool:
+        first = pool.submit(_jobs.announce_then_sleep, running, 0.5)
+        assert wait_until(lambda: Path(running).exists(), timeout=15)
+        waiting = pool.submit(_jobs.touch, skipped)  # behind the running job
+        assert waiting.cancel()
+        assert waiting.cancelled()
+        assert pool.submit(_jobs.touch, after).result(15) == after
+        assert first.result(15) == 0.5
+    assert not Path(skipped).exists()  # the one slot ran the next job, not the cancelled one
+    assert pool.statistics().cancelled == 1
+
+
 # -- backend selection ------------------------------------------------------------------------
 
 
