@@ -136,6 +136,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where jobs run (thread)",
     )
     parser.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        help="jobs sent to a process at once, with --backend process (automatic)",
+    )
+    parser.add_argument(
         "--progress", action="store_true", help="a live progress bar on stderr (a terminal)"
     )
 
@@ -151,6 +156,8 @@ def run_map(
         fn = resolve(args.function)
     except ValueError as error:
         parser.error(str(error))  # exits 2 with the usage line
+    if args.chunk_size is not None and args.backend != "process":
+        parser.error("--chunk-size needs --backend process")
     try:
         lines = stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
     except OSError as error:
@@ -174,6 +181,7 @@ def run_map(
                 fail_fast=args.fail_fast,
                 progress=args.progress,
                 total=_count_jobs(args.input) if args.progress else None,
+                chunk_size=args.chunk_size,
             )
             handoff: queue.Queue[Any] = queue.Queue(maxsize=1024)
             subscription = results.subscribe(

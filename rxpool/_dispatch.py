@@ -108,6 +108,15 @@ def operator_backend(
     return resolve_backend(spec, default_process_backend)
 
 
+def check_chunking(policy: Policy, remote: Backend | None) -> None:
+    """``chunk_size=`` is for backends that send jobs elsewhere in chunks."""
+    if policy.chunk_size is not None and remote is None:
+        raise ValueError(
+            "chunk_size applies to the process and Dask backends (jobs sent to workers"
+            " in chunks), not to threads or the event loop"
+        )
+
+
 def choose_slots(
     explicit: abc.SchedulerBase | None,
     subscribe_time: abc.SchedulerBase | None,

@@ -140,7 +140,9 @@ class _Run(Generic[_T, _R]):
         self._loop = loop
         # Remote mode (process, Dask): slot threads hand chunks of calls to this backend.
         self._remote = remote
-        self._chunk = remote.chunk_size if remote is not None else None
+        self._chunk = policy.chunk_size
+        if self._chunk is None and remote is not None:
+            self._chunk = remote.chunk_size
         self._chunk_stats = threading.local()  # per slot thread: the last chunk's compute time
         # A backend with lanes (processes) takes a slot's next chunk while it
         # runs the last one (see _lane_slot).
@@ -396,7 +398,7 @@ class _Run(Generic[_T, _R]):
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
 
     def _slot(self) -> None:
-        batch = 1
+        batch = self._chunk or 1  # a fixed chunk size holds from the first chunk
         try:
             while True:
                 taken = self._take(batch)
@@ -1027,7 +1029,7 @@ class _Run(Generic[_T, _R]):
         assert self._open_lane is not None
         lane: Lane | None = None
         inflight: deque[tuple[int, list[Any], float]] = deque()  # first, items, when sent
-        batch = 1
+        batch = self._chunk or 1
         back = 0.0  # when the last chunk's outcomes came back
         cpu_mark = _thread_time()  # this thread's CPU time when that happened
         try:

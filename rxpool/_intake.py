@@ -36,6 +36,7 @@ class Policy:
     fail_fast: bool = False
     progress: bool = False
     total: int | None = None  # jobs the source will give, for the progress bar's ETA
+    chunk_size: int | None = None  # jobs per chunk on a remote backend (None: the backend's)
 
 
 def make_policy(
@@ -52,6 +53,7 @@ def make_policy(
     fail_fast: object = False,
     progress: object = False,
     total: object = None,
+    chunk_size: object = None,
 ) -> Policy:
     """Check every option, naming the argument and what was expected."""
     n = check_count("max_concurrent", max_concurrent)
@@ -95,6 +97,7 @@ def make_policy(
         fail_fast=fail_fast,
         progress=progress,
         total=total,
+        chunk_size=None if chunk_size is None else check_count("chunk_size", chunk_size),
     )
 
 

@@ -17,7 +17,13 @@ from reactivex.subject import Subject
 
 from ._aio import cancellable, run_coroutine, running_loop
 from ._checks import check_bool, check_callable, check_count, check_scheduler, check_token
-from ._dispatch import BackendSpec, check_backend, job_observable, resolve_backend
+from ._dispatch import (
+    BackendSpec,
+    check_backend,
+    check_chunking,
+    job_observable,
+    resolve_backend,
+)
 from ._engine import Counters, JobRun, _Run
 from ._exceptions import Cancelled, PoolClosed
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
@@ -148,6 +154,7 @@ class WorkerPool:
         fail_fast: bool = False,
         progress: bool = False,
         total: int | None = None,
+        chunk_size: int | None = None,
     ) -> Observable[Result[Any]]:
         """Run ``jobs``; a cold Observable with one `Result` per job taken.
 
@@ -164,6 +171,8 @@ class WorkerPool:
         draws a live bar on stderr (done / failed / running, rate, and an ETA
         when ``total`` is given or ``jobs`` has a length), refreshed ten times
         a second; silent when stderr is not a terminal (``progress`` extra).
+        ``chunk_size``: jobs per chunk on a process or Dask backend, for this
+        run (None: the backend's own, by default automatic).
 
         **Ordering**: as jobs finish; with ``ordered=True`` in input order.
         **Threading**: ``on_next`` runs on a pool thread, one at a time (on the
@@ -181,7 +190,8 @@ class WorkerPool:
                 is subscribed after `close`).
             TypeError: ``jobs`` is not an iterable or Observable of `Job`, or
                 another argument has the wrong type.
-            ValueError: a count < 1, ``rate`` not > 0, or an unknown ``overflow``.
+            ValueError: a count < 1, ``rate`` not > 0, an unknown ``overflow``,
+                or ``chunk_size`` on the thread or asyncio backend.
         """
         self._check_open()
         if not isinstance(jobs, Observable | AsyncIterable):
@@ -209,7 +219,9 @@ class WorkerPool:
             fail_fast=fail_fast,
             progress=progress,
             total=total if total is not None else _length(jobs),
+            chunk_size=chunk_size,
         )
+        check_chunking(policy, self._remote)
         return job_observable(
             jobs,
             policy,
@@ -232,6 +244,7 @@ class WorkerPool:
         token: CancelToken | None = None,
         maxsize: int = 1024,
         progress: bool = False,
+        chunk_size: int | None = None,
     ) -> Iterator[_R]:
         """``fn`` over the iterables' items, at most ``workers`` at once: an iterator of values.
 
@@ -240,8 +253,8 @@ class WorkerPool:
         in input order (``ordered=False``: as they finish); a failed call's
         error is raised when the iteration reaches it, and leaving the loop
         (that error, ``break``, ``KeyboardInterrupt``) cancels the rest.
-        ``fn`` may be ``async def``. For `Result` objects use
-        ``rxpool.iterate(pool.run(...))``.
+        ``fn`` may be ``async def``. ``chunk_size`` is as in `run`. For
+        `Result` objects use ``rxpool.iterate(pool.run(...))``.
 
         Raises:
             PoolClosed: the pool is closed.
@@ -268,6 +281,7 @@ class WorkerPool:
             token=token,
             progress=progress,
             total=total,
+            chunk_size=chunk_size,
         )
         return _values(iterate(results, maxsize=maxsize))
 

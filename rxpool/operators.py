@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 from reactivex import Observable, abc
 
 from ._checks import check_callable, check_scheduler, check_token
-from ._dispatch import BackendSpec, choose_slots, job_observable, operator_backend
+from ._dispatch import (
+    BackendSpec,
+    check_chunking,
+    choose_slots,
+    job_observable,
+    operator_backend,
+)
 from ._engine import MapRun
 from ._flat_map import flat_map as _flat_map
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
@@ -83,6 +89,7 @@ def map_concurrent(
     backend: BackendSpec | None = None,
     progress: bool = False,
     total: int | None = None,
+    chunk_size: int | None = None,
 ) -> Callable[[Observable[_T]], Observable[_R]]:
     """Call ``fn(item)`` on worker threads, at most ``max_concurrent`` at once.
 
@@ -139,6 +146,9 @@ def map_concurrent(
         progress: Draw a live progress bar on stderr (silent when stderr is
             not a terminal; needs the ``progress`` extra).
         total: How many items the source will give, for the bar's ETA.
+        chunk_size: Items per chunk sent to a process or Dask backend in this
+            run (None: the backend's ``chunk_size``, by default sized
+            automatically); ``ValueError`` on the thread and asyncio backends.
 
     Raises:
         TypeError: ``fn`` is not callable, or an argument has the wrong type.
@@ -159,9 +169,11 @@ def map_concurrent(
         retry=retry,
         progress=progress,
         total=total,
+        chunk_size=chunk_size,
     )
     pass_token = wants_token(fn)
     mode, remote, loop = operator_backend(backend)
+    check_chunking(policy, remote)
     needs_loop = is_coroutine_function(fn) and backend is None
 
     def operator(source: Observable[_T]) -> Observable[_R]:
@@ -203,6 +215,7 @@ def run_jobs(
     backend: BackendSpec | None = None,
     progress: bool = False,
     total: int | None = None,
+    chunk_size: int | None = None,
 ) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
     """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
 
@@ -247,6 +260,9 @@ def run_jobs(
         backend: As for `map_concurrent` (default ``"thread"``).
         progress: Draw a live progress bar on stderr (as in `map_concurrent`).
         total: How many jobs the source will give, for the bar's ETA.
+        chunk_size: Jobs per chunk sent to a process or Dask backend in this
+            run (None: the backend's ``chunk_size``, by default sized
+            automatically); ``ValueError`` on the thread and asyncio backends.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -266,8 +282,10 @@ def run_jobs(
         fail_fast=fail_fast,
         progress=progress,
         total=total,
+        chunk_size=chunk_size,
     )
     mode, remote, loop = operator_backend(backend)
+    check_chunking(policy, remote)
     return lambda source: job_observable(
         source,
         policy,

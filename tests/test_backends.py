@@ -326,6 +326,39 @@ def test_hard_cancel_kills_the_process_of_a_timed_out_job() -> None:
         backend.close()
 
 
+def test_a_runs_chunk_size_sends_that_many_jobs_at_once(processes: ProcessBackend) -> None:
+    def blocks(pairs: list[tuple[int, int]], size: int) -> list[set[int]]:
+        assert [x for x, _ in pairs] == list(range(len(pairs)))
+        return [{pid for _, pid in pairs[i : i + size]} for i in range(0, len(pairs), size)]
+
+    with WorkerPool(4, backend=processes) as pool:
+        jobs = [Job(_jobs.where, args=(i,)) for i in range(200)]
+        results = collect(pool.run(jobs, ordered=True, chunk_size=40)).values
+        assert all(len(pids) == 1 for pids in blocks([r.value for r in results], 40))
+        mapped = list(pool.map(_jobs.where, range(90), chunk_size=30))
+        assert all(len(pids) == 1 for pids in blocks(mapped, 30))
+    # A pushed source: a chunk holds up to 25 of the items that have arrived.
+    operator = rops.map_concurrent(_jobs.where, 2, backend=processes, chunk_size=25)
+    values = collect(reactivex.from_iterable(range(100)).pipe(operator)).values
+    assert sorted(x for x, _ in values) == list(range(100))
+
+
+def test_chunk_size_is_refused_where_jobs_are_not_sent_in_chunks() -> None:
+    with WorkerPool(2) as pool:
+        with pytest.raises(ValueError, match="chunk_size applies to the process and Dask"):
+            pool.run([Job(abs, args=(1,))], chunk_size=10)
+        with pytest.raises(ValueError, match="chunk_size applies"):
+            pool.map(abs, [1], chunk_size=10)
+    with pytest.raises(ValueError, match="chunk_size applies"):
+        rops.map_concurrent(abs, 2, chunk_size=10)
+    with pytest.raises(ValueError, match="chunk_size applies"):
+        rops.run_jobs(2, backend="asyncio", chunk_size=10)
+    with pytest.raises(ValueError, match="chunk_size"):
+        rops.map_concurrent(abs, 2, backend="process", chunk_size=0)
+    with pytest.raises(TypeError, match="chunk_size"):
+        rops.map_concurrent(abs, 2, backend="process", chunk_size="10")  # type: ignore[arg-type]
+
+
 def test_chunks_keep_per_job_results() -> None:
     backend = ProcessBackend(2, chunk_size=50)
     try:

@@ -126,6 +126,11 @@ def test_map_options_timeout_retries_fail_fast_and_backends(workdir: Path) -> No
         proc = rxpool(workdir, "map", "work:add", "--backend", backend, "--ordered", stdin="1\n2\n")
         assert proc.returncode == 0, proc.stderr
         assert [r["value"] for r in records(proc.stdout)] == [1, 2]
+    proc = rxpool(
+        workdir, "map", "work:add", "--backend", "process", "--chunk-size", "2", stdin="1\n2\n3\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["value"] for r in records(proc.stdout)) == [1, 2, 3]
 
 
 @pytest.mark.parametrize(
@@ -135,6 +140,8 @@ def test_map_options_timeout_retries_fail_fast_and_backends(workdir: Path) -> No
         (["map", "work:square", "--workers", "0"], "expected a positive integer"),
         (["map", "work:square", "--timeout", "soon"], "expected a positive number"),
         (["map", "work:square", "--backend", "gpu"], "invalid choice"),
+        (["map", "work:square", "--chunk-size", "5"], "--chunk-size needs --backend process"),
+        (["map", "work:square", "--backend", "process", "--chunk-size", "0"], "positive integer"),
         (["map", "nowhere:square"], "cannot import module 'nowhere'"),
         (["map", "work:missing"], "has no attribute 'missing'"),
         (["map", "work:NOT_A_FUNCTION"], "is not callable"),
