@@ -116,6 +116,7 @@ class WorkerPool:
         self._submit_lock = threading.Lock()
         self._submissions: Subject[Job[Any]] | None = None  # the run behind submit()
         self._submit_subscription: abc.DisposableBase | None = None
+        self._submit_policy: object = None  # the policy of the run behind submit()
         self._futures: dict[Any, _JobFuture[Any]] = {}
         self._state = _State.OPEN
         self._lock = threading.Lock()
@@ -319,7 +320,7 @@ class WorkerPool:
             submissions = self._submissions
             if submissions is None:
                 submissions = self._submissions = Subject()
-                policy = make_policy(self._workers, buffer_size=sys.maxsize)
+                policy = self._submit_policy = make_policy(self._workers, buffer_size=sys.maxsize)
                 self._submit_subscription = job_observable(
                     submissions,
                     policy,
@@ -336,13 +337,15 @@ class WorkerPool:
         return future
 
     def _withdraw(self, job: Job[Any], token: CancelToken) -> None:
-        """A submitted job's future was cancelled: if no slot has taken it yet, it never will."""
+        """A submitted job's future was cancelled: if no slot has taken it yet, it never will.
+
+        Only the submit run is asked (its lock only): a future cancelled from
+        another run's ``on_next`` must not take that run's lock and then others'.
+        """
         with self._lock:
-            runs = list(self._runs)
-        error = token.new_error()
+            runs = [run for run in self._runs if run._policy is self._submit_policy]
         for run in runs:
-            if run.withdraw(job, error):
-                return
+            run.withdraw(job, token.new_error())
 
     def asubmit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Awaitable[_R]:
         """`submit` for asyncio code: an awaitable of the value; cancelling it cancels the job.
