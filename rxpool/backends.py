@@ -161,6 +161,12 @@ class _Worker:
             self._poll.register(self.conn.fileno(), select.POLLIN)
             self._poll.register(self.process.sentinel, select.POLLIN)
 
+    def send(self, seq: int, blobs: list[bytes]) -> None:
+        """Send chunk ``seq`` (its calls, pickled one by one); a dead process: `read` says so."""
+        message = pickle.dumps((seq, blobs), protocol=pickle.HIGHEST_PROTOCOL)
+        with contextlib.suppress(OSError):
+            self.conn.send_bytes(message)
+
     def read(self) -> bytes | None:
         """The next message from the process, or None if it died first."""
         try:
@@ -277,8 +283,7 @@ class ProcessBackend:
         workers = [self._checkout() for _ in range(self.processes)]
         for worker in workers:  # an empty chunk: its answer says the process is up
             worker.sent += 1
-            with contextlib.suppress(OSError):
-                worker.conn.send_bytes(pickle.dumps((worker.sent, [])))
+            worker.send(worker.sent, [])
         for worker in workers:
             if worker.read() is not None:
                 self._checkin(worker)
@@ -472,11 +477,7 @@ class _ProcessLane:
         chunk.seq = self._last = worker.sent
         if self._token.cancelled:  # a cancel that came while the chunk was on its way
             worker.cancel_upto(chunk.seq)
-        try:
-            message = pickle.dumps((chunk.seq, chunk.blobs), protocol=pickle.HIGHEST_PROTOCOL)
-            worker.conn.send_bytes(message)
-        except OSError:
-            pass  # the process died: receive() finds out
+        worker.send(chunk.seq, chunk.blobs)
 
     def _cancelled(self) -> None:
         with self._guard:
