@@ -76,8 +76,7 @@ class ThreadRunner:
             try:
                 thread.start()
             except BaseException:
-                self._starting -= 1
-                self._threads.discard(thread)
+                self._unstarted(thread)
                 raise
 
     def _new_thread(self) -> threading.Thread:
@@ -89,6 +88,11 @@ class ThreadRunner:
         self._threads.add(thread)
         return thread
 
+    def _unstarted(self, thread: threading.Thread) -> None:
+        """Undo `_new_thread` for a thread that failed to start (under ``_cond``)."""
+        self._starting -= 1
+        self._threads.discard(thread)
+
     def _start(self, thread: threading.Thread) -> None:
         """Start ``thread`` outside ``_cond`` (the starter: the threads it started
         meanwhile need ``_cond`` to take their tasks)."""
@@ -96,8 +100,7 @@ class ThreadRunner:
             thread.start()
         except BaseException:
             with self._cond:
-                self._starting -= 1
-                self._threads.discard(thread)
+                self._unstarted(thread)
             raise
 
     def _work(self) -> None:
