@@ -603,7 +603,12 @@ class _Run(Generic[_T, _R]):
         return [outcome], None, False
 
     def _next_chunk(
-        self, size: int, elapsed: float, compute: float | None, cpu: float | None = None
+        self,
+        size: int,
+        elapsed: float,
+        compute: float | None,
+        cpu: float | None = None,
+        asked: int = 0,
     ) -> int:
         """Remote mode: the next chunk's size.
 
@@ -624,21 +629,27 @@ class _Run(Generic[_T, _R]):
         jobs of ``w`` seconds on ``n`` workers, ``k`` jobs a chunk cost about
         ``(J*w + J/k*c)/n + k*w/2``, least at ``k = sqrt(2*J*c/(n*w))``; ``J``
         is the jobs taken so far, so a short run keeps small chunks.
+
+        A chunk grows at most eightfold over the bigger of ``size`` and
+        ``asked`` (the size asked last): on a lane the chunk received was
+        asked for before the one queued behind it, and growing from it alone
+        would take one more round trip per step.
         """
         if self._chunk is not None:
             return self._chunk
         if compute is None or size <= 0:  # the chunk was given up: nothing learned
             return max(size, 1)
         per_call = compute / size
+        grown = max(size, asked) * 8
         if per_call <= 0:
-            return min(size * 8, _MAX_CHUNK)
+            return min(grown, _MAX_CHUNK)
         overhead = max(elapsed - compute, 0.0)
         want = min(4 * overhead, _CHUNK_SECONDS) / per_call
         if cpu:
             cost = cpu + overhead  # per chunk: this thread's time, and the worker's
             balance = math.sqrt(2 * self._seq * cost / (self._n * per_call))
             want = max(want, min(balance, _CHUNK_SECONDS / per_call))
-        return max(1, min(_MAX_CHUNK, size * 8, round(want)))
+        return max(1, min(_MAX_CHUNK, grown, round(want)))
 
     def _take(self, want: int, keep: bool = False) -> tuple[int, list[Any], Any] | float | None:
         """Take up to ``want`` items with consecutive sequence numbers.
@@ -1061,7 +1072,7 @@ class _Run(Generic[_T, _R]):
                 size, back, compute, elapsed = self._lane_receive(lane, inflight, back)
                 cpu_now = _thread_time()
                 cpu, cpu_mark = cpu_now - cpu_mark, cpu_now
-                batch = self._next_chunk(size, elapsed, compute, cpu)
+                batch = self._next_chunk(size, elapsed, compute, cpu, batch)
                 if not inflight:
                     lane.close()  # the process is free for other slots until there is work
                     lane = None

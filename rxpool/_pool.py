@@ -295,9 +295,10 @@ class WorkerPool:
         (``fn`` gets it as ``token=`` if it declares one) and its value is
         discarded; the future stays pending until then, so ``cancel()``
         succeeds until the job's outcome is set (on the process and Dask
-        backends, a job already sent to a worker behind the running one
-        still runs there; its outcome is discarded). An ``async def`` ``fn`` runs
-        on the event loop submit was called from (or one of its own).
+        backends, a job already queued behind the running one, at a
+        process or in a Dask slot, still runs; its outcome is discarded).
+        An ``async def`` ``fn`` runs on the event loop submit was called
+        from (or one of its own).
         `close` lets submitted jobs finish; ``close(cancel_pending=True)``
         cancels those not started.
 

@@ -542,10 +542,10 @@ def _exit_code(worker: _Worker) -> int | None:
     return code
 
 
-def _not_sendable(call: Call, error: Exception) -> NotSendable:
+def _not_sendable(call: Call, error: Exception, to: str = "a worker process") -> NotSendable:
     fn = call[0]
     name = getattr(fn, "__qualname__", repr(fn))
-    return NotSendable(f"the job {name} cannot be pickled for a worker process: {error!r}")
+    return NotSendable(f"the job {name} cannot be pickled for {to}: {error!r}")
 
 
 _default_lock = threading.Lock()
@@ -566,7 +566,9 @@ class DaskBackend:
     """Jobs go to a Dask cluster through ``client.submit(..., pure=False)``.
 
     A slot submits a chunk as one task and waits for a done-callback; the
-    run's bound keeps at most N tasks in flight on the cluster. Dispose
+    run's bound keeps at most N tasks in flight on the cluster. A slot's next
+    chunk waits in the client and the done-callback of the task before it
+    submits it (see `Lane`), so the cluster does not wait for the slot thread. Dispose
     cancels the queued and pending futures. A worker lost under a task (Dask
     gives up on it with ``KilledWorker``) gives `WorkerCrashed` results, or
     retries with a `Retry` policy. Functions are sent with cloudpickle, so
@@ -593,49 +595,172 @@ class DaskBackend:
         self.client = client
         self.chunk_size = None if chunk_size is None else check_count("chunk_size", chunk_size)
 
-    def run_chunk(self, calls: Sequence[Call], token: CancelToken) -> list[Outcome]:
-        from distributed import KilledWorker
+    def open_lane(self, token: CancelToken) -> Lane:
+        """A `Lane` for one slot; ``token`` cancels every chunk sent on it."""
+        return _DaskLane(self.client, token)
 
-        if token.cancelled:
-            raise token.new_error()
-        done = threading.Event()
-        # One plain call goes as itself (as a hand-written client.submit would);
-        # a chunk goes as one task that runs its calls and returns their outcomes.
-        single = len(calls) == 1 and not calls[0][2]
-        if single:
-            fn, args, _ = calls[0]
-            future: Any = self.client.submit(fn, *args, pure=False)
-        else:
-            future = self.client.submit(run_calls, list(calls), pure=False)
-        future.add_done_callback(lambda _: done.set())
-        link = token.on_cancel(future.cancel)
+    def run_chunk(self, calls: Sequence[Call], token: CancelToken) -> list[Outcome]:
+        lane = _DaskLane(self.client, token)
         try:
-            done.wait()
-            if token.cancelled:
-                raise token.new_error()
-            try:
-                value = future.result()
-            except KilledWorker as error:
-                raise WorkerCrashed(f"the Dask worker running the job died: {error}") from None
-            except Exception as error:  # the job raised, or could not be sent or run
-                if future.cancelled():
-                    raise token.new_error() from None
-                if single:
-                    return [(False, error, 0.0)]  # its own time is not known here
-                return [(False, error, 0.0)] * len(calls)
-            if single:
-                return [(True, value, 0.0)]
-            outcomes: list[Outcome] = value
-            return outcomes
+            lane.send(calls)
+            return lane.receive()
         finally:
-            link.dispose()
-            if future.status != "finished":
-                # Cancelled or failed: let the cluster forget it now. A finished
-                # future is released when dropped, as a plain submit's is.
-                future.release()
+            lane.close()
 
     def close(self) -> None:
         """Nothing to release: the client belongs to the caller."""
 
     def __repr__(self) -> str:
         return f"DaskBackend({self.client!r}, chunk_size={self.chunk_size})"
+
+
+class _DaskTask:
+    """A chunk on a `_DaskLane`: its future once submitted, set ``done`` when it is over."""
+
+    __slots__ = ("calls", "done", "error", "future", "single", "size", "unsent")
+
+    def __init__(self, calls: Sequence[Call]) -> None:
+        self.calls = list(calls)  # the calls to submit
+        self.size = len(self.calls)
+        # One plain call goes as itself (as a hand-written client.submit would);
+        # a chunk goes as one task that runs its calls and returns their outcomes.
+        self.single = self.size == 1 and not self.calls[0][2]
+        self.unsent: dict[int, Outcome] = {}  # by index: calls that could not be pickled
+        self.future: Any = None
+        self.error: Exception | None = None  # the submit itself failed
+        self.done = threading.Event()
+
+    def drop_unsendable(self) -> bool:
+        """After a failed submit: take out the calls that cannot be pickled; any?"""
+        import cloudpickle
+
+        kept: list[Call] = []
+        for index, call in enumerate(self.calls):
+            try:
+                cloudpickle.dumps(call)
+                kept.append(call)
+            except Exception as error:
+                self.unsent[index] = (False, _not_sendable(call, error, "a Dask worker"), 0.0)
+        self.calls = kept
+        self.single = False
+        return bool(self.unsent)
+
+    def outcomes(self, sent: list[Outcome]) -> list[Outcome]:
+        """Every call's outcome, in order: ``sent`` for the calls submitted."""
+        if not self.unsent:
+            return sent
+        rest = iter(sent)
+        return [self.unsent.get(index) or next(rest) for index in range(self.size)]
+
+
+class _DaskLane:
+    """A `Lane` on a `DaskBackend`: one task on the cluster, the next held here.
+
+    The done-callback of the running task (on Dask's callback thread, not the
+    client's event loop) submits the held one, as a hand-written pool with
+    callbacks does, then wakes the slot. The lane never has two tasks on the
+    cluster, so a run's N slots keep at most N tasks in flight.
+    """
+
+    def __init__(self, client: Any, token: CancelToken) -> None:
+        self._client = client
+        self._token = token
+        self._lock = threading.Lock()
+        self._tasks: deque[_DaskTask] = deque()  # sent and not received, oldest first
+        self._held: deque[_DaskTask] = deque()  # waiting for the running task to end
+        self._running: _DaskTask | None = None
+        self._link = token.on_cancel(self._cancelled)
+
+    def send(self, calls: Sequence[Call]) -> None:
+        task = _DaskTask(calls)
+        with self._lock:
+            self._tasks.append(task)
+            if self._running is not None:
+                self._held.append(task)
+                return
+            self._running = task
+        self._start(task)
+
+    def _start(self, task: _DaskTask | None) -> None:
+        """Submit ``task`` (the running one), or end it and go on to the next one held."""
+        while task is not None:
+            if not self._token.cancelled and task.calls:
+                try:
+                    if task.single:
+                        fn, args, _ = task.calls[0]
+                        task.future = self._client.submit(fn, *args, pure=False)
+                    else:
+                        task.future = self._client.submit(run_calls, task.calls, pure=False)
+                    if self._token.cancelled:  # the cancel came while it was submitted
+                        task.future.cancel()
+                    task.future.add_done_callback(lambda _, task=task: self._ended(task))
+                    return
+                except Exception as error:  # a call cannot be pickled, or the client is closed
+                    task.future = None
+                    if not task.unsent and task.drop_unsendable():
+                        continue  # the other calls go without them
+                    task.error = error
+            task = self._next(task)
+
+    def _ended(self, task: _DaskTask) -> None:
+        self._start(self._next(task))
+
+    def _next(self, task: _DaskTask) -> _DaskTask | None:
+        """``task`` is over: wake its receiver; the held task that runs next, if any."""
+        with self._lock:
+            following = self._held.popleft() if self._held else None
+            self._running = following
+        task.done.set()
+        return following
+
+    def _cancelled(self) -> None:
+        with self._lock:
+            held, self._held = self._held, deque()
+            running = self._running
+        for task in held:
+            task.done.set()  # never submitted: receive() raises for it
+        if running is not None and running.future is not None:
+            running.future.cancel()
+
+    def receive(self) -> list[Outcome]:
+        from distributed import KilledWorker
+
+        task = self._tasks.popleft()
+        task.done.wait()
+        future = task.future
+        try:
+            if self._token.cancelled:
+                raise self._token.new_error()
+            if task.error is not None:  # it could not be submitted
+                error: Exception = task.error
+                return task.outcomes([(False, error, 0.0)] * len(task.calls))
+            if future is None:  # no call in it could be pickled
+                return task.outcomes([])
+            try:
+                value = future.result()
+            except KilledWorker as error:
+                raise WorkerCrashed(f"the Dask worker running the job died: {error}") from None
+            except Exception as error:  # the job raised, or could not be sent or run
+                if future.cancelled():
+                    raise self._token.new_error() from None
+                # Its own time is not known.
+                return task.outcomes([(False, error, 0.0)] * len(task.calls))
+            if task.single:
+                return [(True, value, 0.0)]
+            return task.outcomes(value)
+        finally:
+            if future is not None and future.status != "finished":
+                # Cancelled or failed: let the cluster forget it now. A finished
+                # future is released when dropped, as a plain submit's is.
+                future.release()
+
+    def close(self) -> None:
+        """End the lane; chunks sent and not received (only after an error) are cancelled."""
+        self._link.dispose()
+        if self._tasks:
+            with self._lock:
+                self._held.clear()
+            for task in self._tasks:
+                if task.future is not None:
+                    task.future.cancel()
+            self._tasks.clear()

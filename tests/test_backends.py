@@ -475,6 +475,52 @@ def test_pool_owned_processes_stop_with_the_pool() -> None:
     assert wait_until(lambda: len(multiprocessing.active_children()) <= before)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 5])
+def test_an_unpicklable_dask_job_fails_alone_with_a_clear_result(
+    dask_client: Any, chunk_size: int
+) -> None:
+    backend = DaskBackend(dask_client, chunk_size=chunk_size)
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(10)]
+        jobs.insert(3, Job(_jobs.double, args=(threading.Lock(),), id="lock"))
+        out = collect(pool.run(jobs))
+    assert not out.errors
+    results = {r.id: r for r in out.values}
+    assert len(out.values) == 11
+    assert isinstance(results["lock"].error, rxpool.NotSendable)
+    assert "cannot be pickled for a Dask worker" in str(results["lock"].error)
+    assert all(results[i].value == 2 * i for i in range(10))  # its chunk-mates still ran
+
+
+def test_a_chunk_held_behind_a_dask_task_never_starts_after_dispose(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    # One slot, one job per task: while the first task runs, the slot's next
+    # chunk waits in the client for the first task's done-callback to submit
+    # it; dispose must drop it there.
+    started, ran = tmp_path / "started", tmp_path / "ran"
+    before = set(dask_client.futures)
+    with WorkerPool(1, backend=DaskBackend(dask_client, chunk_size=1)) as pool:
+        recorder = Recorder()
+        jobs = [
+            Job(_jobs.announce_then_sleep, args=(str(started), 0.3)),
+            Job(_jobs.touch, args=(str(ran),)),
+        ]
+        subscription = pool.run(jobs).subscribe(recorder.on_next)
+        assert wait_until(started.exists, timeout=20)
+        subscription.dispose()
+
+        def executing() -> int:
+            counts = dask_client.run(lambda dask_worker: dask_worker.state.executing_count)
+            return sum(counts.values())
+
+        assert wait_until(lambda: executing() == 0, timeout=20)  # the first task is over
+        # Nothing of the run is left on the cluster (keys left by earlier tests aside).
+        assert wait_until(lambda: set(dask_client.futures) <= before, timeout=20)
+    assert not ran.exists(), "a chunk held for the cluster ran after dispose"
+    assert recorder.values == []
+
+
 # -- Dask with worker processes ------------------------------------------------------------
 
 
