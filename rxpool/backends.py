@@ -238,6 +238,8 @@ class ProcessBackend:
 
     Raises:
         TypeError / ValueError: an argument has the wrong type or value.
+        RuntimeError: the program was read from standard input (``python -``):
+            a new process would have to run the main script again, and cannot.
     """
 
     def __init__(
@@ -264,6 +266,7 @@ class ProcessBackend:
             )
         elif start_method not in methods:
             raise ValueError(f"start_method must be one of {methods} or None, got {start_method!r}")
+        _check_main_can_be_imported()
         self.start_method = start_method
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -382,6 +385,36 @@ class ProcessBackend:
 
 
 _WORKER_MODULE: Final = "rxpool._remote"
+
+
+def _check_main_can_be_imported() -> None:
+    """Refuse a main module that new processes would fail to run again.
+
+    ``spawn`` and ``forkserver`` processes run the main script again (as
+    ``__mp_main__``) before their first job. A program read from standard
+    input has ``__file__ == "<stdin>"``, a file that does not exist, so every
+    worker would die at start and every job would come back `WorkerCrashed`.
+    A ``python -c`` program or an interactive session has no ``__file__``,
+    and ``python -m`` has a module spec: those are fine.
+    """
+    import sys
+    from multiprocessing import process
+
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str):
+        return
+    started_in = getattr(process, "ORIGINAL_DIR", None)  # where multiprocessing looks
+    if not os.path.isabs(path) and started_in is not None:
+        path = os.path.join(started_in, path)
+    if not os.path.exists(path):
+        raise RuntimeError(
+            f"worker processes cannot start: each runs the main script again, and"
+            f" {main.__file__!r} is not a file (a program read from standard input?);"
+            " save the program to a file, or use backend='thread'"
+        )
 
 
 def _preload_in_forkserver(context: Any) -> None:

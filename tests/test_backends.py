@@ -4,6 +4,8 @@ accounting and cancellation on threads, the asyncio loop, processes and Dask."""
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,6 +269,18 @@ def test_the_forkserver_preload_keeps_the_programs_own_modules() -> None:
 
 
 # -- processes --------------------------------------------------------------------------------
+
+
+def test_a_program_read_from_stdin_is_told_processes_cannot_start() -> None:
+    # Worker processes run the main script again; "<stdin>" is no file, so
+    # every worker would die at start. The backend says so at once instead.
+    program = "from rxpool import WorkerPool\nWorkerPool(2, backend='process')\n"
+    done = subprocess.run(
+        [sys.executable, "-"], input=program, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "RuntimeError: worker processes cannot start" in done.stderr
+    assert "'<stdin>' is not a file" in done.stderr
 
 
 def test_unpicklable_job_fails_at_once_with_a_clear_result(processes: ProcessBackend) -> None:
