@@ -472,7 +472,9 @@ def backends_section(report: Report) -> None:
     report.data["backends"] = {"cpu": cpu, "chunked": chunked, "dask": dask}
     report.section(
         f"## 8. Backends\n\nCPU-bound pure-Python jobs: {s.cpu_jobs} calls of `cpu({n:,})`"
-        f" (about {s.cpu_seconds * 1000:.0f} ms each), {os.cpu_count()} processes; best of"
+        f" (calibrated at {s.cpu_seconds * 1000:.0f} ms each; {serial / s.cpu_jobs * 1000:.1f} ms"
+        f" each in the median serial run: this machine's speed varies), {os.cpu_count()}"
+        " processes; best of"
         f" the alternatives: {best_name}. The ratios of this section sit close to 1, so it"
         f" takes the median of {s.backend_repeats} repetitions.\n\n"
         + table(["contender", "makespan (s)", "vs serial"], rows)
