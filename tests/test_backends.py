@@ -32,7 +32,7 @@ from ._helpers import Recorder, wait_until
 BACKENDS = ["thread", "asyncio", "process", "dask"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
@@ -50,7 +50,7 @@ def dask_client() -> Iterator[Any]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def processes() -> Iterator[ProcessBackend]:
     backend = ProcessBackend(4)
     backend.warm()
