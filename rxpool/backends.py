@@ -403,9 +403,11 @@ def _check_main_can_be_imported() -> None:
     main = sys.modules.get("__main__")
     if main is None or getattr(main, "__spec__", None) is not None:
         return
-    path = getattr(main, "__file__", None)
-    if not isinstance(path, str):
+    if getattr(sys, "frozen", False):  # a frozen program's processes run it, not a file
         return
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str) or os.path.splitext(os.path.basename(path))[0] == "ipython":
+        return  # multiprocessing does not run IPython's main again
     started_in = getattr(process, "ORIGINAL_DIR", None)  # where multiprocessing looks
     if not os.path.isabs(path) and started_in is not None:
         path = os.path.join(started_in, path)
