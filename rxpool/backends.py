@@ -777,7 +777,11 @@ class _DaskLane:
                 raise WorkerCrashed(f"the Dask worker running the job died: {error}") from None
             except Exception as error:  # the job raised, or could not be sent or run
                 if future.cancelled():
-                    raise self._token.new_error() from None
+                    if self._token.cancelled:
+                        raise self._token.new_error() from None
+                    raise Cancelled(
+                        "the Dask task was cancelled outside the run (was its client closed?)"
+                    ) from None
                 # Its own time is not known.
                 return task.outcomes([(False, error, 0.0)] * len(task.calls))
             if task.single:

@@ -506,6 +506,37 @@ def test_an_unpicklable_dask_job_fails_alone_with_a_clear_result(
     assert all(results[i].value == 2 * i for i in range(10))  # its chunk-mates still ran
 
 
+def test_closing_the_dask_client_under_a_run_gives_every_job_a_result(
+    dask_client: Any,
+) -> None:
+    from distributed import Client
+
+    client = Client(dask_client.scheduler.address)  # a client of the test's own to close
+    recorder = Recorder()
+
+    def on_next(result: Result[Any]) -> None:
+        recorder.on_next(result)
+        if len(recorder.values) == 1:
+            client.close()
+
+    try:
+        with WorkerPool(2, backend=DaskBackend(client, chunk_size=1)) as pool:
+            jobs = [Job(_jobs.sleep_for, args=(0.05,), id=i) for i in range(20)]
+            pool.run(jobs).subscribe(on_next, recorder.on_error, recorder.on_completed)
+            assert recorder.ended.wait(30)
+    finally:
+        client.close()
+    assert not recorder.errors
+    results = recorder.values
+    assert sorted(r.id for r in results) == list(range(20))  # nothing lost
+    assert results[0].ok
+    failed = [r for r in results if not r.ok]
+    assert failed, "every job ran on a closed client"
+    for r in failed:  # each says why, not "not cancelled"
+        assert "not cancelled" not in str(r.error)
+        assert "closed" in str(r.error).lower()
+
+
 def test_a_chunk_held_behind_a_dask_task_never_starts_after_dispose(
     dask_client: Any, tmp_path: Path
 ) -> None:
