@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import operator
 import threading
 import time
 from collections import deque
@@ -72,6 +73,10 @@ _MAX_BATCH: Final = 64
 # Remote backends (processes, Dask): a chunk of calls is at most this much work
 # (see _Run._next_chunk), so slow jobs go one at a time and work spreads out.
 _CHUNK_SECONDS: Final = 0.05
+# On a lane, when the run's length is known: a chunk is at most this much work,
+# and at most the remaining jobs over `_GUIDED_SHARE` times the slots.
+_GUIDED_SECONDS: Final = 0.2
+_GUIDED_SHARE: Final = 2
 _MAX_CHUNK: Final = 1024
 # Chunks in flight on a slot's lane (see _Run._lane_slot): one running, one queued.
 _LANE_DEPTH: Final = 2
@@ -630,6 +635,12 @@ class _Run(Generic[_T, _R]):
         ``(J*w + J/k*c)/n + k*w/2``, least at ``k = sqrt(2*J*c/(n*w))``; ``J``
         is the jobs taken so far, so a short run keeps small chunks.
 
+        When the run's length is known (``total=``, or a source with a length
+        hint such as a list), the tail is no longer the price of big chunks:
+        a chunk is up to `_GUIDED_SECONDS` of work, and at most the remaining
+        jobs over `_GUIDED_SHARE` times the slots, so chunks shrink to one job
+        as the end nears (guided self-scheduling, as joblib's batches do).
+
         A chunk grows at most eightfold over the bigger of ``size`` and
         ``asked`` (the size asked last): on a lane the chunk received was
         asked for before the one queued behind it, and growing from it alone
@@ -640,16 +651,33 @@ class _Run(Generic[_T, _R]):
         if compute is None or size <= 0:  # the chunk was given up: nothing learned
             return max(size, 1)
         per_call = compute / size
-        grown = max(size, asked) * 8
+        grown = min(max(size, asked) * 8, _MAX_CHUNK)
+        remaining = None if cpu is None else self._remaining()
+        if remaining is not None:  # guided: shrink toward the end
+            grown = max(1, min(grown, math.ceil(remaining / (_GUIDED_SHARE * self._n))))
         if per_call <= 0:
-            return min(grown, _MAX_CHUNK)
+            return grown
+        if remaining is not None:
+            return max(1, min(grown, round(_GUIDED_SECONDS / per_call)))
         overhead = max(elapsed - compute, 0.0)
         want = min(4 * overhead, _CHUNK_SECONDS) / per_call
         if cpu:
             cost = cpu + overhead  # per chunk: this thread's time, and the worker's
             balance = math.sqrt(2 * self._seq * cost / (self._n * per_call))
             want = max(want, min(balance, _CHUNK_SECONDS / per_call))
-        return max(1, min(_MAX_CHUNK, grown, round(want)))
+        return max(1, min(grown, round(want)))
+
+    def _remaining(self) -> int | None:
+        """Items not taken yet, when the run's length is known (``total=``, a sized source)."""
+        total = self._policy.total
+        if total is not None:
+            return max(total - self._seq, 0)
+        iterator = self._iterator
+        if iterator is not None:
+            hint = operator.length_hint(iterator, -1)
+            if hint >= 0:
+                return hint
+        return None
 
     def _take(self, want: int, keep: bool = False) -> tuple[int, list[Any], Any] | float | None:
         """Take up to ``want`` items with consecutive sequence numbers.

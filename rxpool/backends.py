@@ -60,7 +60,8 @@ class Backend(Protocol):
     `Cancelled` (``token.new_error()``) when it gave the chunk up because
     ``token`` was cancelled. ``chunk_size``: calls per chunk, or None to let
     rxpool size chunks (four times the round trip's overhead in work, at most
-    50 ms of work). Calls with a timeout or a retry policy always go alone.
+    50 ms of work; on a `Lane`, see docs/backends.md). Calls with a timeout
+    or a retry policy always go alone.
     """
 
     chunk_size: int | None

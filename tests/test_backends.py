@@ -357,6 +357,62 @@ def test_a_runs_chunk_size_sends_that_many_jobs_at_once(processes: ProcessBacken
     assert sorted(x for x, _ in values) == list(range(100))
 
 
+class _TenMillisecondLanes:
+    """A backend of one's own with lanes: runs calls inline, reports 10 ms each, records chunks."""
+
+    chunk_size = None
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def run_chunk(self, calls: Any, token: CancelToken) -> list[Any]:
+        self.sizes.append(len(calls))
+        return [(True, fn(*args, **kwargs), 0.01) for fn, args, kwargs in calls]
+
+    def open_lane(self, token: CancelToken) -> Any:
+        backend, sent = self, []
+
+        class _Lane:
+            def send(self, calls: Any) -> None:
+                sent.append(calls)
+
+            def receive(self) -> list[Any]:
+                return backend.run_chunk(sent.pop(0), token)
+
+            def close(self) -> None:
+                pass
+
+        return _Lane()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_run_of_known_length_sends_big_chunks_then_smaller_ones_at_its_end() -> None:
+    # With the length known (a list, or total=), chunks of 10 ms jobs grow up to
+    # 0.2 s of work and shrink as the end nears, so no worker is left with a big
+    # chunk at the end; with the length unknown, a chunk stays within 50 ms.
+    known, unknown, told = _TenMillisecondLanes(), _TenMillisecondLanes(), _TenMillisecondLanes()
+    for backend, source, total in [
+        (known, lambda: [Job(abs, args=(-i,)) for i in range(200)], None),
+        (unknown, lambda: (Job(abs, args=(-i,)) for i in range(200)), None),
+        (told, lambda: (Job(abs, args=(-i,)) for i in range(200)), 200),
+    ]:
+        with WorkerPool(1, backend=backend) as pool:
+            results = collect(pool.run(source(), ordered=True, total=total)).values
+        assert [r.value for r in results] == list(range(200))
+        assert sum(backend.sizes) == 200
+    for sizes in (known.sizes, told.sizes):  # e.g. 1, 1, 8, 20, ..., 20, 15, 8, 4, 2, 1
+        assert max(sizes) == 20  # 0.2 s of 10 ms jobs
+        top = sizes.index(20)
+        assert sizes[:top] == sorted(sizes[:top])  # growing from one job
+        tail = sizes[len(sizes) - 1 - sizes[::-1].index(20) :]
+        assert tail == sorted(tail, reverse=True) and tail[-1] == 1  # then shrinking to one
+        assert len(tail) >= 4
+        assert len(sizes) < 30
+    assert max(unknown.sizes) <= 5  # 50 ms of 10 ms jobs
+
+
 def test_chunk_size_is_refused_where_jobs_are_not_sent_in_chunks() -> None:
     with WorkerPool(2) as pool:
         with pytest.raises(ValueError, match="chunk_size applies to the process and Dask"):
