@@ -95,7 +95,10 @@ def cpu_bound(jobs: int, seconds: float, repeats: int) -> tuple[dict[str, float]
     parallel = Parallel(n_jobs=workers, backend="loky")
     runs: dict[str, Callable[[], int]] = {
         "serial": lambda: len([cpu(x) for x in inputs]),
-        "rxpool WorkerPool(backend=ProcessBackend)": lambda: _pool_run(pool, cpu, inputs),
+        # The same call as ProcessPoolExecutor.map: the list's length is known.
+        "rxpool WorkerPool.map": lambda: len(list(pool.map(cpu, inputs))),
+        # A generator of Jobs: the run's length is not known.
+        "rxpool WorkerPool.run, a generator of Jobs": lambda: _pool_run(pool, cpu, inputs),
     }
     for chunksize in (1, 4, 16):
         runs[f"ProcessPoolExecutor.map chunksize={chunksize}"] = (
