@@ -273,7 +273,9 @@ class WorkerPool:
                 )
         check_count("maxsize", maxsize)
         jobs = (Job(fn, args=args) for args in zip(*iterables, strict=False))
-        total = _length(iterables[0]) if len(iterables) == 1 else None
+        # zip stops at the shortest: the run's length when every iterable has one.
+        lengths = [n for n in map(_length, iterables) if n is not None]
+        total = min(lengths) if len(lengths) == len(iterables) else None
         results = self.run(
             jobs,
             ordered=ordered,
