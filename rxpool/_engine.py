@@ -180,6 +180,7 @@ class _Run(Generic[_T, _R]):
         self._space = Condition(self._lock)
         self._pull_lock = Lock()
         self._iterator: Iterator[Any] | None = None
+        self._length = policy.total  # items the source gives, when known (see _remaining)
         self._aiterator: AsyncIterator[Any] | None = None
         self._apull_lock: asyncio.Lock | None = None  # loop mode: one slot awaits the source
         self._buffer: deque[Any] | PriorityBuffer = deque()
@@ -265,6 +266,9 @@ class _Run(Generic[_T, _R]):
 
     def start_iterator(self, iterator: Iterator[Any]) -> abc.DisposableBase:
         self._iterator = iterator
+        if self._length is None:  # asked once, before any slot pulls it
+            hint = operator.length_hint(iterator, -1)
+            self._length = hint if hint >= 0 else None
         self._begin()
         self._watch_token()
         self._kick()
@@ -668,16 +672,9 @@ class _Run(Generic[_T, _R]):
         return max(1, min(grown, round(want)))
 
     def _remaining(self) -> int | None:
-        """Items not taken yet, when the run's length is known (``total=``, a sized source)."""
-        total = self._policy.total
-        if total is not None:
-            return max(total - self._seq, 0)
-        iterator = self._iterator
-        if iterator is not None:
-            hint = operator.length_hint(iterator, -1)
-            if hint >= 0:
-                return hint
-        return None
+        """Items not taken yet, when the run's length is known (``total=``, a length hint)."""
+        length = self._length
+        return None if length is None else max(length - self._seq, 0)
 
     def _take(self, want: int, keep: bool = False) -> tuple[int, list[Any], Any] | float | None:
         """Take up to ``want`` items with consecutive sequence numbers.

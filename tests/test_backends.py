@@ -392,9 +392,10 @@ def test_a_run_of_known_length_sends_big_chunks_then_smaller_ones_at_its_end() -
     # With the length known (a list, or total=), chunks of 10 ms jobs grow up to
     # 0.2 s of work and shrink as the end nears, so no worker is left with a big
     # chunk at the end; with the length unknown, a chunk stays within 50 ms.
-    known, unknown, told = _TenMillisecondLanes(), _TenMillisecondLanes(), _TenMillisecondLanes()
+    known, hinted, unknown, told = (_TenMillisecondLanes() for _ in range(4))
     for backend, source, total in [
         (known, lambda: [Job(abs, args=(-i,)) for i in range(200)], None),
+        (hinted, lambda: iter([Job(abs, args=(-i,)) for i in range(200)]), None),  # no len()
         (unknown, lambda: (Job(abs, args=(-i,)) for i in range(200)), None),
         (told, lambda: (Job(abs, args=(-i,)) for i in range(200)), 200),
     ]:
@@ -402,7 +403,8 @@ def test_a_run_of_known_length_sends_big_chunks_then_smaller_ones_at_its_end() -
             results = collect(pool.run(source(), ordered=True, total=total)).values
         assert [r.value for r in results] == list(range(200))
         assert sum(backend.sizes) == 200
-    for sizes in (known.sizes, told.sizes):  # e.g. 1, 1, 8, 20, ..., 20, 15, 8, 4, 2, 1
+    # Each of these goes e.g. 1, 1, 8, 20, ..., 20, 15, 8, 4, 2, 1.
+    for sizes in (known.sizes, hinted.sizes, told.sizes):
         assert max(sizes) == 20  # 0.2 s of 10 ms jobs
         top = sizes.index(20)
         assert sizes[:top] == sorted(sizes[:top])  # growing from one job
