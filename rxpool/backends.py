@@ -361,12 +361,7 @@ class ProcessBackend:
         return _ProcessLane(self, token)
 
     def run_chunk(self, calls: Sequence[Call], token: CancelToken) -> list[Outcome]:
-        lane = _ProcessLane(self, token)
-        try:
-            lane.send(calls)
-            return lane.receive()
-        finally:
-            lane.close()
+        return _run_alone(_ProcessLane(self, token), calls)
 
     def close(self) -> None:
         """Stop the idle processes now, busy ones when their chunk returns. Safe twice."""
@@ -383,6 +378,15 @@ class ProcessBackend:
             f"ProcessBackend(processes={self.processes}, chunk_size={self.chunk_size},"
             f" hard_cancel={self.hard_cancel}, start_method={self.start_method!r})"
         )
+
+
+def _run_alone(lane: Lane, calls: Sequence[Call]) -> list[Outcome]:
+    """``run_chunk`` on a backend with lanes: the chunk on a lane of its own."""
+    try:
+        lane.send(calls)
+        return lane.receive()
+    finally:
+        lane.close()
 
 
 _WORKER_MODULE: Final = "rxpool._remote"
@@ -636,12 +640,7 @@ class DaskBackend:
         return _DaskLane(self.client, token)
 
     def run_chunk(self, calls: Sequence[Call], token: CancelToken) -> list[Outcome]:
-        lane = _DaskLane(self.client, token)
-        try:
-            lane.send(calls)
-            return lane.receive()
-        finally:
-            lane.close()
+        return _run_alone(_DaskLane(self.client, token), calls)
 
     def close(self) -> None:
         """Nothing to release: the client belongs to the caller."""

@@ -445,6 +445,21 @@ def test_chunks_keep_per_job_results() -> None:
         backend.close()
 
 
+def _dispose_once_the_first_job_runs(pool: WorkerPool, tmp_path: Path, seconds: float) -> Recorder:
+    """Run a job that sleeps ``seconds``, then one that creates ``tmp_path / "ran"``;
+    dispose as soon as the first has started. The values seen until then."""
+    started, ran = tmp_path / "started", tmp_path / "ran"
+    recorder = Recorder()
+    jobs = [
+        Job(_jobs.announce_then_sleep, args=(str(started), seconds)),
+        Job(_jobs.touch, args=(str(ran),)),
+    ]
+    subscription = pool.run(jobs).subscribe(recorder.on_next)
+    assert wait_until(started.exists, timeout=20)
+    subscription.dispose()
+    return recorder
+
+
 @pytest.mark.parametrize("hard_cancel", [False, True])
 def test_a_chunk_queued_at_a_process_never_starts_after_dispose(
     tmp_path: Path, hard_cancel: bool
@@ -454,17 +469,10 @@ def test_a_chunk_queued_at_a_process_never_starts_after_dispose(
     # (and, with hard_cancel, not send it again to the process that replaces
     # the one killed).
     backend = ProcessBackend(1, chunk_size=1, hard_cancel=hard_cancel)
-    started, ran = tmp_path / "started", tmp_path / "ran"
+    ran = tmp_path / "ran"
     try:
         with WorkerPool(1, backend=backend) as pool:
-            recorder = Recorder()
-            jobs = [
-                Job(_jobs.announce_then_sleep, args=(str(started), 0.5)),
-                Job(_jobs.touch, args=(str(ran),)),
-            ]
-            subscription = pool.run(jobs).subscribe(recorder.on_next)
-            assert wait_until(started.exists, timeout=20)
-            subscription.dispose()
+            recorder = _dispose_once_the_first_job_runs(pool, tmp_path, 0.5)
             # The process runs its chunks in order: once a later job is done,
             # the queued one has been skipped or has run.
             (after,) = collect(pool.run([Job(_jobs.double, args=(2,))])).values
@@ -601,17 +609,10 @@ def test_a_chunk_held_behind_a_dask_task_never_starts_after_dispose(
     # One slot, one job per task: while the first task runs, the slot's next
     # chunk waits in the client for the first task's done-callback to submit
     # it; dispose must drop it there.
-    started, ran = tmp_path / "started", tmp_path / "ran"
+    ran = tmp_path / "ran"
     before = set(dask_client.futures)
     with WorkerPool(1, backend=DaskBackend(dask_client, chunk_size=1)) as pool:
-        recorder = Recorder()
-        jobs = [
-            Job(_jobs.announce_then_sleep, args=(str(started), 0.3)),
-            Job(_jobs.touch, args=(str(ran),)),
-        ]
-        subscription = pool.run(jobs).subscribe(recorder.on_next)
-        assert wait_until(started.exists, timeout=20)
-        subscription.dispose()
+        recorder = _dispose_once_the_first_job_runs(pool, tmp_path, 0.3)
 
         def executing() -> int:
             counts = dask_client.run(lambda dask_worker: dask_worker.state.executing_count)
