@@ -447,7 +447,7 @@ def test_chunks_keep_per_job_results() -> None:
 
 def _dispose_once_the_first_job_runs(pool: WorkerPool, tmp_path: Path, seconds: float) -> Recorder:
     """Run a job that sleeps ``seconds``, then one that creates ``tmp_path / "ran"``;
-    dispose as soon as the first has started. The values seen until then."""
+    dispose as soon as the first has started. Returns the run's recorder."""
     started, ran = tmp_path / "started", tmp_path / "ran"
     recorder = Recorder()
     jobs = [
