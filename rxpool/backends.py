@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import pickle
 import select
+import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -402,7 +403,6 @@ def _check_main_can_be_imported() -> None:
     A ``python -c`` program or an interactive session has no ``__file__``,
     and ``python -m`` has a module spec: those are fine.
     """
-    import sys
     from multiprocessing import process
 
     main = sys.modules.get("__main__")
