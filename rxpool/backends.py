@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import multiprocessing
 import os
 import pickle
@@ -145,6 +146,8 @@ class _Worker:
     __slots__ = ("_poll", "conn", "mark", "process", "sent")
 
     def __init__(self, context: Any) -> None:
+        if context.get_start_method() == "forkserver":
+            _start_forkserver()
         self.conn, child = context.Pipe()
         # Chunks numbered up to ``mark`` are cancelled: the worker skips their
         # calls not yet started (set from the parent, read before each call).
@@ -219,17 +222,19 @@ class ProcessBackend:
     process is free again when it returns. With ``hard_cancel=True`` a
     cancelled or timed-out job's process is killed at once and replaced
     instead: the slot is free immediately, at the cost of a new process
-    (a few ms with ``forkserver``, 100 ms or more with ``spawn``) and of
+    (about 10 ms with ``forkserver``, 100 ms or more with ``spawn``) and of
     anything else that process held.
 
     **Starting processes**: by default with ``forkserver`` where the platform
     has it (Linux, macOS), else ``spawn``. A new process is then forked from
-    a server process that has imported rxpool (rxpool adds ``rxpool._remote``
-    to the forkserver's preload list before the server starts), so it starts
-    in milliseconds instead of importing Python and rxpool again; the server
-    itself starts once per program, with the first such backend (its
-    processes see ``os.environ`` as it was then). ``fork`` is
-    refused: rxpool always forks from a process with threads running.
+    a server process that has imported rxpool and run the main module
+    (rxpool adds ``rxpool._remote`` and ``rxpool._forkserver`` to the
+    forkserver's preload list before the server starts), so it starts in
+    about 10 ms instead of starting Python and importing rxpool and the main
+    module's imports again; the server itself starts once per program, with
+    the first such backend (its processes see ``os.environ`` as it was then).
+    ``fork`` is refused: rxpool always forks from a process with threads
+    running.
 
     Args:
         processes: Worker processes at most (default: the CPU count).
@@ -391,6 +396,18 @@ def _run_alone(lane: Lane, calls: Sequence[Call]) -> list[Outcome]:
 
 
 _WORKER_MODULE: Final = "rxpool._remote"
+# On the forkserver's preload list after the worker module: it runs the main
+# module in the server (see rxpool._forkserver), told where it is by the
+# parent through this environment variable, which holds these keys of
+# `multiprocessing.spawn.get_preparation_data` and the parent's pid.
+_MAIN_LOADER: Final = "rxpool._forkserver"
+_MAIN_ENVIRONMENT_KEY: Final = "RXPOOL_FORKSERVER_MAIN"
+_MAIN_PREPARATION_KEYS: Final = (
+    "sys_path",
+    "sys_argv",
+    "init_main_from_path",
+    "init_main_from_name",
+)
 
 
 def _check_main_can_be_imported() -> None:
@@ -434,8 +451,42 @@ def _preload_in_forkserver(context: Any) -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     preload = list(getattr(server, "_preload_modules", ["__main__"]))
-    if _WORKER_MODULE not in preload:
-        context.set_forkserver_preload([*preload, _WORKER_MODULE])
+    wanted = [name for name in (_WORKER_MODULE, _MAIN_LOADER) if name not in preload]
+    if wanted:
+        context.set_forkserver_preload([*preload, *wanted])
+
+
+_forkserver_lock = threading.Lock()
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver, if it is not running, so that it runs the main module once.
+
+    With ``"__main__"`` on the preload list, the server is started with the
+    main module's location in the environment (for `rxpool._forkserver`,
+    which runs it there; Pythons before 3.13.8 never do), and the variable is
+    removed again at once. A server already running is left as it is.
+    """
+    from multiprocessing import forkserver, spawn
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        return  # the main module, run by a new process: Process.start says it cannot start one
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", 0) is not None:
+        return  # running, or a multiprocessing this does not know: it starts as usual
+    if "__main__" not in getattr(server, "_preload_modules", ()):
+        return
+    data = spawn.get_preparation_data("rxpool")
+    main: dict[str, Any] = {key: data[key] for key in _MAIN_PREPARATION_KEYS if key in data}
+    if "init_main_from_path" not in main and "init_main_from_name" not in main:
+        return  # an interactive session or python -c: no main module to run
+    main["parent"] = os.getpid()
+    with _forkserver_lock:
+        os.environ[_MAIN_ENVIRONMENT_KEY] = json.dumps(main)
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.pop(_MAIN_ENVIRONMENT_KEY, None)
 
 
 # A chunk is sent behind a running one only when it is this small, so sending

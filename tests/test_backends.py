@@ -3,7 +3,9 @@ accounting and cancellation on threads, the asyncio loop, processes and Dask."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -261,9 +263,10 @@ def test_the_forkserver_preload_keeps_the_programs_own_modules() -> None:
     try:
         multiprocessing.set_forkserver_preload(["__main__", "json"])
         ProcessBackend(1, start_method="forkserver")
-        assert server._preload_modules == ["__main__", "json", "rxpool._remote"]
+        ours = ["rxpool._remote", "rxpool._forkserver"]
+        assert server._preload_modules == ["__main__", "json", *ours]
         ProcessBackend(1)  # added once
-        assert server._preload_modules.count("rxpool._remote") == 1
+        assert server._preload_modules == ["__main__", "json", *ours]
     finally:
         multiprocessing.set_forkserver_preload(saved)
 
@@ -281,6 +284,79 @@ def test_a_program_read_from_stdin_is_told_processes_cannot_start() -> None:
     assert done.returncode == 1
     assert "RuntimeError: worker processes cannot start" in done.stderr
     assert "'<stdin>' is not a file" in done.stderr
+
+
+_MAIN_SCRIPT = """
+import os, sys
+from pathlib import Path
+
+import helper  # a module next to the script: found through the parent's sys.path
+
+from rxpool import Job, WorkerPool
+from rxpool.backends import ProcessBackend
+
+with Path(os.environ["MARKS"]).open("a") as marks:
+    marks.write(f"{__name__}\\n")
+ARGV = sys.argv[1:]
+
+
+def argv_and_environment():
+    return ARGV, os.environ.get("RXPOOL_FORKSERVER_MAIN")
+
+
+if __name__ == "__main__":
+    for _ in range(2):  # a second backend starts new processes
+        backend = ProcessBackend(2, chunk_size=1, start_method="forkserver")
+        with WorkerPool(2, backend=backend) as pool:
+            crashed = pool.run([Job(helper.die)]).run()  # its process is replaced
+            assert type(crashed.error).__name__ == "WorkerCrashed", crashed
+            print(sorted(pool.map(helper.triple, range(6))))
+            print(pool.run([Job(argv_and_environment)]).run().value)
+        backend.close()
+    print(os.environ.get("RXPOOL_FORKSERVER_MAIN"))
+"""
+
+
+def test_forkserver_workers_find_the_main_module_run_once(tmp_path: Path) -> None:
+    # Each new process runs the main script again before its first job; the
+    # forkserver does it once for all of them, with the parent's sys.path and
+    # argv (Pythons before 3.13.8 never did, and every start re-ran it).
+    (tmp_path / "helper.py").write_text(
+        "import os\n\n\ndef triple(x):\n    return 3 * x\n\n\ndef die():\n    os._exit(3)\n"
+    )
+    (tmp_path / "main.py").write_text(_MAIN_SCRIPT)
+    marks = tmp_path / "marks"
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "main.py"), "--flag", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "MARKS": str(marks)},
+    )
+    assert done.returncode == 0, done.stderr
+    # Jobs from the module next to the script and from the script itself run;
+    # the workers see the parent's argv, and the variable that told the server
+    # where the script is reaches no worker and does not stay in the parent.
+    each = ["[0, 3, 6, 9, 12, 15]", "(['--flag', 'x'], None)"]
+    assert done.stdout.splitlines() == [*each, *each, "None"]
+    # The parent ran the script, the forkserver once; no process it started did.
+    assert marks.read_text().split() == ["__main__", "__mp_main__"]
+
+
+def test_a_forkserver_ignores_a_main_module_set_by_another_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The variable may reach a program that did not set it (a child of one
+    # that did): a forkserver whose parent did not set it runs nothing.
+    from rxpool import _forkserver
+
+    main = sys.modules["__main__"]
+    told = {"parent": os.getpid(), "init_main_from_path": "/nonexistent/main.py"}
+    monkeypatch.setenv("RXPOOL_FORKSERVER_MAIN", json.dumps(told))
+    _forkserver._preload_main()  # this process's parent is not os.getpid()
+    assert "RXPOOL_FORKSERVER_MAIN" not in os.environ
+    assert sys.modules["__main__"] is main
 
 
 def test_unpicklable_job_fails_at_once_with_a_clear_result(processes: ProcessBackend) -> None:
