@@ -1,34 +1,38 @@
-"""Preloaded in the forkserver: the main module runs there once, not in every worker.
+"""Preloaded in the forkserver: what every worker would load, loaded once, in the server.
 
 A process started with ``forkserver`` runs the parent's main module again
 (as ``__mp_main__``) before its first job, with every module the main module
-imports: numpy alone costs 50 ms a process, joblib 140 ms. Putting
-``"__main__"`` on the forkserver's preload list is meant to do that once, in
-the server, but before Python 3.13.8 it never did (CPython gh-126631: the
-server looks for the main path under a key the parent never fills in).
+imports, and then imports the module of each job function it is sent:
+numpy alone costs 50 ms a process, joblib 140 ms. Putting ``"__main__"`` on
+the forkserver's preload list is meant to do the first once, in the server,
+but before Python 3.13.8 it never did (CPython gh-126631: the server looks
+for the main path under a key the parent never fills in).
 
-`rxpool.backends` starts the forkserver with the main module's location in
-the environment variable ``RXPOOL_FORKSERVER_MAIN``; importing this module
-in the new server (it is on the preload list) runs the main module there as
-a worker would (``__mp_main__``, with the parent's ``sys.path`` and
-``sys.argv``). The workers forked from the server then find it done. Where
-the server did it already (fixed Pythons), or where it fails, nothing
-changes: a worker runs the main module itself, as before.
+`rxpool.backends` starts the forkserver with, in the environment variable
+``RXPOOL_FORKSERVER_PRELOAD``, the main module's location and the modules of
+the functions of the first chunk to run. Importing this module in the new
+server (it is on the preload list) runs the main module there as a worker
+would (``__mp_main__``, with the parent's ``sys.path`` and ``sys.argv``) and
+imports those modules, so the workers forked from the server find them
+loaded. Where the server did it already (fixed Pythons), or where something
+fails, nothing changes: a worker loads it itself, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 from multiprocessing import process, spawn
 
 # This module imports `rxpool.backends`, never the other way round: the server
 # imports it after the whole package, so the main module it runs finds rxpool whole.
-from .backends import _MAIN_ENVIRONMENT_KEY, _MAIN_PREPARATION_KEYS
+from .backends import _PRELOAD_ENVIRONMENT_KEY, _PRELOAD_PREPARATION_KEYS
 
 
-def _preload_main() -> None:
-    raw = os.environ.pop(_MAIN_ENVIRONMENT_KEY, None)  # so that the workers never see it
+def _preload() -> None:
+    raw = os.environ.pop(_PRELOAD_ENVIRONMENT_KEY, None)  # so that the workers never see it
     if raw is None:
         return
     try:
@@ -39,15 +43,20 @@ def _preload_main() -> None:
     # inherited the variable and starts its own server has another main.
     if not isinstance(data, dict) or data.pop("parent", None) != os.getppid():
         return
-    preparation = {key: data[key] for key in _MAIN_PREPARATION_KEYS if key in data}
+    preparation = {key: data[key] for key in _PRELOAD_PREPARATION_KEYS if key in data}
+    modules = data.get("modules")
     current = process.current_process()
-    current._inheriting = True  # type: ignore[attr-defined]  # as multiprocessing does
+    current._inheriting = True  # type: ignore[attr-defined]  # no process starts from here
     try:
-        spawn.prepare(preparation)
-    except BaseException:  # each worker runs it again, and reports what fails there
-        pass
+        # A worker runs the main module, or imports a module, that fails here
+        # again itself, and says what fails.
+        with contextlib.suppress(BaseException):
+            spawn.prepare(preparation)
+        for name in modules if isinstance(modules, list) else ():
+            with contextlib.suppress(BaseException):
+                importlib.import_module(name)
     finally:
         del current._inheriting  # type: ignore[attr-defined]
 
 
-_preload_main()
+_preload()

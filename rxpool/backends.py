@@ -145,9 +145,9 @@ class Lane(Protocol):
 class _Worker:
     __slots__ = ("_poll", "conn", "mark", "process", "sent")
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, calls: Sequence[Call] = ()) -> None:
         if context.get_start_method() == "forkserver":
-            _start_forkserver()
+            _start_forkserver(calls)
         self.conn, child = context.Pipe()
         # Chunks numbered up to ``mark`` are cancelled: the worker skips their
         # calls not yet started (set from the parent, read before each call).
@@ -305,7 +305,8 @@ class ProcessBackend:
         """Slots are waiting for a process."""
         return bool(self._waiters)
 
-    def _checkout(self) -> _Worker:
+    def _checkout(self, calls: Sequence[Call] = ()) -> _Worker:
+        """An idle process, or a new one (``calls``: the chunk it will run first)."""
         with self._cond:
             if self._closed:
                 raise Cancelled("the process backend is closed")
@@ -332,7 +333,7 @@ class ProcessBackend:
                 if worker is not None:
                     return worker
         try:
-            return _Worker(self._context)
+            return _Worker(self._context, calls)
         except BaseException:
             self._release(None)
             raise
@@ -397,12 +398,13 @@ def _run_alone(lane: Lane, calls: Sequence[Call]) -> list[Outcome]:
 
 _WORKER_MODULE: Final = "rxpool._remote"
 # On the forkserver's preload list after the worker module: it runs the main
-# module in the server (see rxpool._forkserver), told where it is by the
-# parent through this environment variable, which holds these keys of
-# `multiprocessing.spawn.get_preparation_data` and the parent's pid.
-_MAIN_LOADER: Final = "rxpool._forkserver"
-_MAIN_ENVIRONMENT_KEY: Final = "RXPOOL_FORKSERVER_MAIN"
-_MAIN_PREPARATION_KEYS: Final = (
+# module in the server and imports the first jobs' modules (see
+# rxpool._forkserver), told what by the parent through this environment
+# variable: these keys of `multiprocessing.spawn.get_preparation_data`, the
+# modules, and the parent's pid.
+_PRELOADER: Final = "rxpool._forkserver"
+_PRELOAD_ENVIRONMENT_KEY: Final = "RXPOOL_FORKSERVER_PRELOAD"
+_PRELOAD_PREPARATION_KEYS: Final = (
     "sys_path",
     "sys_argv",
     "init_main_from_path",
@@ -451,7 +453,7 @@ def _preload_in_forkserver(context: Any) -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     preload = list(getattr(server, "_preload_modules", ["__main__"]))
-    wanted = [name for name in (_WORKER_MODULE, _MAIN_LOADER) if name not in preload]
+    wanted = [name for name in (_WORKER_MODULE, _PRELOADER) if name not in preload]
     if wanted:
         context.set_forkserver_preload([*preload, *wanted])
 
@@ -459,13 +461,16 @@ def _preload_in_forkserver(context: Any) -> None:
 _forkserver_lock = threading.Lock()
 
 
-def _start_forkserver() -> None:
-    """Start the forkserver, if it is not running, so that it runs the main module once.
+def _start_forkserver(calls: Sequence[Call] = ()) -> None:
+    """Start the forkserver, if it is not running, with what its processes need loaded.
 
-    With ``"__main__"`` on the preload list, the server is started with the
-    main module's location in the environment (for `rxpool._forkserver`,
-    which runs it there; Pythons before 3.13.8 never do), and the variable is
-    removed again at once. A server already running is left as it is.
+    The server is started with, in an environment variable removed again at
+    once, the main module's location (when ``"__main__"`` is on the preload
+    list: `rxpool._forkserver` runs it there, which Pythons before 3.13.8
+    never do) and the modules of the functions in ``calls`` (the chunk the
+    first process will run: `rxpool._forkserver` imports them), so that the
+    processes forked from it need not run or import them again. A server
+    already running is left as it is.
     """
     from multiprocessing import forkserver, spawn
 
@@ -474,19 +479,37 @@ def _start_forkserver() -> None:
     server = getattr(forkserver, "_forkserver", None)
     if server is None or getattr(server, "_forkserver_pid", 0) is not None:
         return  # running, or a multiprocessing this does not know: it starts as usual
-    if "__main__" not in getattr(server, "_preload_modules", ()):
-        return
     data = spawn.get_preparation_data("rxpool")
-    main: dict[str, Any] = {key: data[key] for key in _MAIN_PREPARATION_KEYS if key in data}
-    if "init_main_from_path" not in main and "init_main_from_name" not in main:
-        return  # an interactive session or python -c: no main module to run
-    main["parent"] = os.getpid()
+    keys: tuple[str, ...] = _PRELOAD_PREPARATION_KEYS
+    if "__main__" not in getattr(server, "_preload_modules", ()):
+        keys = tuple(key for key in keys if not key.startswith("init_main"))
+    load: dict[str, Any] = {key: data[key] for key in keys if key in data}
+    load["modules"] = _modules_of(calls)
+    if not load["modules"] and not any(key.startswith("init_main") for key in load):
+        return  # nothing to load: no main module (python -c, a session), no known jobs
+    load["parent"] = os.getpid()
     with _forkserver_lock:
-        os.environ[_MAIN_ENVIRONMENT_KEY] = json.dumps(main)
+        os.environ[_PRELOAD_ENVIRONMENT_KEY] = json.dumps(load)
         try:
             forkserver.ensure_running()
         finally:
-            os.environ.pop(_MAIN_ENVIRONMENT_KEY, None)
+            os.environ.pop(_PRELOAD_ENVIRONMENT_KEY, None)
+
+
+def _modules_of(calls: Sequence[Call]) -> list[str]:
+    """The importable modules (not the main one) of the functions in ``calls``."""
+    names: list[str] = []
+    for fn, _, _ in calls:
+        name = getattr(fn, "__module__", None)
+        module = sys.modules.get(name) if isinstance(name, str) else None
+        if (
+            module is not None
+            and name not in names
+            and getattr(module, "__spec__", None) is not None
+            and name not in ("__main__", "__mp_main__", "builtins")
+        ):
+            names.append(name)  # type: ignore[arg-type]
+    return names
 
 
 # A chunk is sent behind a running one only when it is this small, so sending
@@ -496,9 +519,10 @@ _QUEUE_BYTES: Final = 32 * 1024
 
 
 class _Chunk:
-    __slots__ = ("blobs", "outcomes", "sent", "seq", "size")
+    __slots__ = ("blobs", "calls", "outcomes", "sent", "seq", "size")
 
     def __init__(self, calls: Sequence[Call]) -> None:
+        self.calls = calls
         self.outcomes: list[Outcome | None] = [None] * len(calls)
         self.sent: list[int] = []  # indexes of the calls that go to the process
         blobs: list[bytes] = []
@@ -559,7 +583,7 @@ class _ProcessLane:
     def _transmit(self, chunk: _Chunk) -> None:
         worker = self._worker
         if worker is None:
-            worker = self._backend._checkout()
+            worker = self._backend._checkout(chunk.calls)
             with self._guard:
                 self._worker = worker
         elif self._backend._closed:

@@ -301,7 +301,7 @@ ARGV = sys.argv[1:]
 
 
 def argv_and_environment():
-    return ARGV, os.environ.get("RXPOOL_FORKSERVER_MAIN")
+    return ARGV, os.environ.get("RXPOOL_FORKSERVER_PRELOAD")
 
 
 if __name__ == "__main__":
@@ -313,7 +313,7 @@ if __name__ == "__main__":
             print(sorted(pool.map(helper.triple, range(6))))
             print(pool.run([Job(argv_and_environment)]).run().value)
         backend.close()
-    print(os.environ.get("RXPOOL_FORKSERVER_MAIN"))
+    print(os.environ.get("RXPOOL_FORKSERVER_PRELOAD"))
 """
 
 
@@ -344,6 +344,37 @@ def test_forkserver_workers_find_the_main_module_run_once(tmp_path: Path) -> Non
     assert marks.read_text().split() == ["__main__", "__mp_main__"]
 
 
+def test_forkserver_workers_find_the_first_jobs_module_imported(tmp_path: Path) -> None:
+    # A program with no main module to run (python -c): the module of the
+    # first chunk's function is imported once, in the server, not by each process.
+    (tmp_path / "jobs.py").write_text(
+        "import os\nfrom pathlib import Path\n\n"
+        "with Path(os.environ['MARKS']).open('a') as marks:\n"
+        "    marks.write(f'{os.getpid()}\\n')\n\n\n"
+        "def triple(x):\n    return 3 * x\n"
+    )
+    program = (
+        "import jobs\n"
+        "from rxpool import WorkerPool\n"
+        "for _ in range(3):\n"
+        "    with WorkerPool(2, backend='process') as pool:\n"
+        "        print(sorted(pool.map(jobs.triple, range(6))))\n"
+    )
+    marks = tmp_path / "marks"
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "MARKS": str(marks)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[0, 3, 6, 9, 12, 15]"] * 3
+    # The parent and the server imported it; the six processes did not.
+    assert len(marks.read_text().split()) == 2
+
+
 def test_a_forkserver_ignores_a_main_module_set_by_another_program(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -353,9 +384,9 @@ def test_a_forkserver_ignores_a_main_module_set_by_another_program(
 
     main = sys.modules["__main__"]
     told = {"parent": os.getpid(), "init_main_from_path": "/nonexistent/main.py"}
-    monkeypatch.setenv("RXPOOL_FORKSERVER_MAIN", json.dumps(told))
-    _forkserver._preload_main()  # this process's parent is not os.getpid()
-    assert "RXPOOL_FORKSERVER_MAIN" not in os.environ
+    monkeypatch.setenv("RXPOOL_FORKSERVER_PRELOAD", json.dumps(told))
+    _forkserver._preload()  # this process's parent is not os.getpid()
+    assert "RXPOOL_FORKSERVER_PRELOAD" not in os.environ
     assert sys.modules["__main__"] is main
 
 
