@@ -489,7 +489,7 @@ def _start_forkserver(calls: Sequence[Call] = ()) -> None:
         return  # nothing to load: no main module (python -c, a session), no known jobs
     load["parent"] = os.getpid()
     with _forkserver_lock:
-        os.environ[_PRELOAD_ENVIRONMENT_KEY] = json.dumps(load)
+        os.environ[_PRELOAD_ENVIRONMENT_KEY] = json.dumps(load, default=str)  # a Path on sys.path
         try:
             forkserver.ensure_running()
         finally:
