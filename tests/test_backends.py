@@ -325,23 +325,14 @@ def test_forkserver_workers_find_the_main_module_run_once(tmp_path: Path) -> Non
         "import os\n\n\ndef triple(x):\n    return 3 * x\n\n\ndef die():\n    os._exit(3)\n"
     )
     (tmp_path / "main.py").write_text(_MAIN_SCRIPT)
-    marks = tmp_path / "marks"
-    done = subprocess.run(
-        [sys.executable, str(tmp_path / "main.py"), "--flag", "x"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={**os.environ, "MARKS": str(marks)},
-    )
-    assert done.returncode == 0, done.stderr
+    output, marks = _run_marking(tmp_path, str(tmp_path / "main.py"), "--flag", "x")
     # Jobs from the module next to the script and from the script itself run;
     # the workers see the parent's argv, and the variable that told the server
     # where the script is reaches no worker and does not stay in the parent.
     each = ["[0, 3, 6, 9, 12, 15]", "(['--flag', 'x'], None)"]
-    assert done.stdout.splitlines() == [*each, *each, "None"]
+    assert output == [*each, *each, "None"]
     # The parent ran the script, the forkserver once; no process it started did.
-    assert marks.read_text().split() == ["__main__", "__mp_main__"]
+    assert marks == ["__main__", "__mp_main__"]
 
 
 def test_forkserver_workers_find_the_first_jobs_module_imported(tmp_path: Path) -> None:
@@ -360,19 +351,25 @@ def test_forkserver_workers_find_the_first_jobs_module_imported(tmp_path: Path) 
         "    with WorkerPool(2, backend='process') as pool:\n"
         "        print(sorted(pool.map(jobs.triple, range(6))))\n"
     )
-    marks = tmp_path / "marks"
+    output, marks = _run_marking(tmp_path, "-c", program)
+    assert output == ["[0, 3, 6, 9, 12, 15]"] * 3
+    # The parent and the server imported it; the six processes did not.
+    assert len(marks) == 2
+
+
+def _run_marking(where: Path, *args: str) -> tuple[list[str], list[str]]:
+    """Run Python with ``args`` in ``where``: its output lines, and what it wrote to $MARKS."""
+    marks = where / "marks"
     done = subprocess.run(
-        [sys.executable, "-c", program],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=where,
         env={**os.environ, "MARKS": str(marks)},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[0, 3, 6, 9, 12, 15]"] * 3
-    # The parent and the server imported it; the six processes did not.
-    assert len(marks.read_text().split()) == 2
+    return done.stdout.splitlines(), marks.read_text().split()
 
 
 def test_a_forkserver_ignores_a_main_module_set_by_another_program(
