@@ -501,14 +501,10 @@ def _modules_of(calls: Sequence[Call]) -> list[str]:
     names: list[str] = []
     for fn, _, _ in calls:
         name = getattr(fn, "__module__", None)
-        module = sys.modules.get(name) if isinstance(name, str) else None
-        if (
-            module is not None
-            and name not in names
-            and getattr(module, "__spec__", None) is not None
-            and name not in ("__main__", "__mp_main__", "builtins")
-        ):
-            names.append(name)  # type: ignore[arg-type]
+        if not isinstance(name, str) or name in names or name in ("__main__", "builtins"):
+            continue
+        if getattr(sys.modules.get(name), "__spec__", None) is not None:  # imported by name
+            names.append(name)
     return names
 
 
