@@ -24,7 +24,7 @@ import contextlib
 import importlib
 import json
 import os
-from multiprocessing import process, spawn
+from multiprocessing import process, spawn, util
 
 # This module imports `rxpool.backends`, never the other way round: the server
 # imports it after the whole package, so the main module it runs finds rxpool whole.
@@ -43,6 +43,11 @@ def _preload() -> None:
     # inherited the variable and starts its own server has another main.
     if not isinstance(data, dict) or data.pop("parent", None) != os.getppid():
         return
+    # The server reads nothing from the parent's stdin: like every process
+    # multiprocessing starts, it gets /dev/null (the server would do so itself
+    # right after its preload), so a main module that reads stdin at its top
+    # level neither waits on the parent's terminal nor takes the parent's input.
+    util._close_stdin()  # type: ignore[attr-defined]
     preparation = {key: data[key] for key in _PRELOAD_PREPARATION_KEYS if key in data}
     modules = data.get("modules")
     current = process.current_process()

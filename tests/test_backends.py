@@ -357,6 +357,35 @@ def test_forkserver_workers_find_the_first_jobs_module_imported(tmp_path: Path) 
     assert len(marks) == 2
 
 
+def test_a_main_module_reading_stdin_reads_nothing_in_the_forkserver(tmp_path: Path) -> None:
+    # Its top level reads a line: the parent gets what it was sent; the server
+    # (and each process) reads from /dev/null, as processes do, and never
+    # waits on, or takes from, the parent's stdin.
+    (tmp_path / "main.py").write_text(
+        "import operator, sys\n"
+        "line = sys.stdin.readline()\n"
+        "if __name__ == '__main__':\n"
+        "    from rxpool import WorkerPool\n"
+        "    with WorkerPool(2, backend='process') as pool:\n"
+        "        print(line.strip(), list(pool.map(operator.neg, range(3))), flush=True)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, str(tmp_path / "main.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    ) as program:
+        assert program.stdin is not None and program.stdout is not None
+        program.stdin.write("hello\n")
+        program.stdin.flush()  # and the pipe stays open: a read would wait
+        try:
+            assert program.stdout.readline() == "hello [0, -1, -2]\n"
+        finally:
+            program.stdin.close()
+        assert program.wait(timeout=60) == 0
+
+
 def _run_marking(where: Path, *args: str) -> tuple[list[str], list[str]]:
     """Run Python with ``args`` in ``where``: its output lines, and what it wrote to $MARKS."""
     marks = where / "marks"
