@@ -24,7 +24,10 @@ import contextlib
 import importlib
 import json
 import os
+import sys
+import threading
 from multiprocessing import process, spawn, util
+from types import ModuleType
 
 # This module imports `rxpool.backends`, never the other way round: the server
 # imports it after the whole package, so the main module it runs finds rxpool whole.
@@ -55,13 +58,33 @@ def _preload() -> None:
     try:
         # A worker runs the main module, or imports a module, that fails here
         # again itself, and says what fails.
+        main, threads = sys.modules["__main__"], threading.active_count()
         with contextlib.suppress(BaseException):
             spawn.prepare(preparation)
+        if threading.active_count() > threads:  # its top level started a thread: see _undo
+            _undo("__main__", main)
         for name in modules if isinstance(modules, list) else ():
+            threads = threading.active_count()
             with contextlib.suppress(BaseException):
                 importlib.import_module(name)
+            if threading.active_count() > threads:
+                _undo(name, None)
     finally:
         del current._inheriting  # type: ignore[attr-defined]
+
+
+def _undo(name: str, before: ModuleType | None) -> None:
+    """Forget a module whose top level started a thread: each worker loads it again.
+
+    A process forked from the server has none of the server's threads, so the
+    module's thread would be missing in every worker; loaded there, as before,
+    each worker starts its own. (The thread goes on in the server.)
+    """
+    if before is None:
+        sys.modules.pop(name, None)
+    else:
+        sys.modules[name] = before
+        sys.modules.pop("__mp_main__", None)
 
 
 _preload()

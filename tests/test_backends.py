@@ -357,6 +357,29 @@ def test_forkserver_workers_find_the_first_jobs_module_imported(tmp_path: Path) 
     assert len(marks) == 2
 
 
+def test_a_main_module_that_starts_a_thread_is_run_by_each_worker(tmp_path: Path) -> None:
+    # A forked process has none of the server's threads: a main module whose
+    # top level starts one is left to each worker, which starts its own.
+    (tmp_path / "main.py").write_text(
+        "import os, threading\n"
+        "from pathlib import Path\n\n"
+        "with Path(os.environ['MARKS']).open('a') as marks:\n"
+        "    marks.write(f'{__name__}\\n')\n"
+        "TICKER = threading.Thread(target=threading.Event().wait, daemon=True)\n"
+        "TICKER.start()\n\n\n"
+        "def ticking(_):\n"
+        "    return TICKER.is_alive()\n\n\n"
+        "if __name__ == '__main__':\n"
+        "    from rxpool import WorkerPool\n"
+        "    with WorkerPool(2, backend='process') as pool:\n"
+        "        print(set(pool.map(ticking, range(20))))\n"
+    )
+    output, marks = _run_marking(tmp_path, str(tmp_path / "main.py"))
+    assert output == ["{True}"]
+    assert marks[0] == "__main__" and len(marks) >= 3  # the server's run did not count
+    assert set(marks[1:]) == {"__mp_main__"}
+
+
 def test_a_main_module_reading_stdin_reads_nothing_in_the_forkserver(tmp_path: Path) -> None:
     # Its top level reads a line: the parent gets what it was sent; the server
     # (and each process) reads from /dev/null, as processes do, and never
