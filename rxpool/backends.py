@@ -19,6 +19,7 @@ outcomes. Write your own by implementing it.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import atexit
 import contextlib
@@ -277,6 +278,7 @@ class ProcessBackend:
         self.start_method = start_method
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
+            _check_sys_path_for_forkserver()
             _preload_in_forkserver(self._context)
         self._cond = threading.Condition(threading.RLock())  # _release nests in _checkout
         self._idle: list[_Worker] = []
@@ -443,6 +445,33 @@ def _check_main_can_be_imported() -> None:
         )
 
 
+def _check_sys_path_for_forkserver() -> None:
+    """Refuse a ``sys.path`` entry that would kill a forkserver about to start.
+
+    multiprocessing writes ``sys.path`` into the server's command line with
+    ``repr()``: an entry whose repr is not a Python literal (a
+    ``pathlib.Path``) makes the server die at start, and every process start
+    then fails with ``EOFError: unexpected EOF``. The import system ignores
+    entries that are not ``str``, so such an entry never did anything. A
+    server already running is not affected.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", 0) is not None:
+        return
+    for index, entry in enumerate(list(sys.path)):
+        try:
+            ast.literal_eval(repr(entry))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(
+                f"sys.path[{index}] is {entry!r}: worker processes cannot start with it"
+                " (multiprocessing passes sys.path to the forkserver with repr(), which"
+                " this entry does not survive); the import system ignores entries that are"
+                " not str, so it does nothing there: put its str() there, or remove it"
+            ) from None
+
+
 def _preload_in_forkserver(context: Any) -> None:
     """Have the forkserver import rxpool's worker module once, before it forks workers.
 
@@ -479,6 +508,7 @@ def _start_forkserver(calls: Sequence[Call] = ()) -> None:
     server = getattr(forkserver, "_forkserver", None)
     if server is None or getattr(server, "_forkserver_pid", 0) is not None:
         return  # running, or a multiprocessing this does not know: it starts as usual
+    _check_sys_path_for_forkserver()  # the entry may have come after the backend
     data = spawn.get_preparation_data("rxpool")
     keys: tuple[str, ...] = _PRELOAD_PREPARATION_KEYS
     if "__main__" not in getattr(server, "_preload_modules", ()):
@@ -489,7 +519,7 @@ def _start_forkserver(calls: Sequence[Call] = ()) -> None:
         return  # nothing to load: no main module (python -c, a session), no known jobs
     load["parent"] = os.getpid()
     with _forkserver_lock:
-        os.environ[_PRELOAD_ENVIRONMENT_KEY] = json.dumps(load, default=str)  # a Path on sys.path
+        os.environ[_PRELOAD_ENVIRONMENT_KEY] = json.dumps(load, default=str)  # bytes on sys.path
         try:
             forkserver.ensure_running()
         finally:

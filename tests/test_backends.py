@@ -286,6 +286,40 @@ def test_a_program_read_from_stdin_is_told_processes_cannot_start() -> None:
     assert "'<stdin>' is not a file" in done.stderr
 
 
+@pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here"
+)
+def test_a_sys_path_entry_the_forkserver_cannot_start_with_is_named(tmp_path: Path) -> None:
+    # multiprocessing writes sys.path into the server's command line with
+    # repr(): a Path there killed the server, and every process start failed
+    # with "EOFError: unexpected EOF". The backend, or the run that would
+    # start the server, names the entry instead; a str entry works.
+    program = (
+        "import operator, sys\n"
+        "from pathlib import Path\n"
+        "from rxpool import WorkerPool\n"
+        "from rxpool.backends import ProcessBackend\n"
+        "sys.path.append(Path('/nowhere'))\n"
+        "try:\n"
+        "    ProcessBackend(2)\n"
+        "except ValueError as error:\n"
+        "    print('backend:', error)\n"
+        "sys.path.pop()\n"
+        "with WorkerPool(2, backend='process') as pool:\n"
+        "    sys.path.append(Path('/nowhere'))  # after the backend, before its first process\n"
+        "    try:\n"
+        "        list(pool.map(operator.neg, range(3)))\n"
+        "    except ValueError as error:\n"
+        "        print('run:', error)\n"
+        "    sys.path[-1] = '/nowhere'\n"
+        "    print(list(pool.map(operator.neg, range(3))))\n"
+    )
+    output, _ = _run_marking(tmp_path, "-c", program)
+    named = "is PosixPath('/nowhere'): worker processes cannot start with it"
+    assert [line.split(" sys.path[")[0] for line in output] == ["backend:", "run:", "[0, -1, -2]"]
+    assert named in output[0] and named in output[1]
+
+
 _MAIN_SCRIPT = """
 import os, sys
 from pathlib import Path
@@ -421,7 +455,7 @@ def _run_marking(where: Path, *args: str) -> tuple[list[str], list[str]]:
         env={**os.environ, "MARKS": str(marks)},
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines(), marks.read_text().split()
+    return done.stdout.splitlines(), marks.read_text().split() if marks.exists() else []
 
 
 def test_a_forkserver_ignores_a_main_module_set_by_another_program(
