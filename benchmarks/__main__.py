@@ -455,6 +455,16 @@ def backends_section(report: Report) -> None:
     report.target(
         "process backend CPU-bound vs best of PPE/loky", ">= 1.0x", best / ours, best / ours >= 1.0
     )
+    # Far apart, these need fewer repetitions than the close ratios above.
+    builds, built_n = bb.cpu_bound(s.cpu_jobs, s.cpu_seconds, min(5, s.backend_repeats), bb.build)
+    build_best_name, build_best = min(
+        ((name, t) for name, t in builds.items() if "ProcessPool" in name or "loky" in name),
+        key=lambda item: item[1],
+    )
+    build_rows = [
+        [name, f"{t:.3f}", f"{builds['serial'] / t:.2f}x", f"{build_best / t:.2f}x"]
+        for name, t in builds.items()
+    ]
     chunked = bb.trivial_chunked(s.chunk_jobs, s.backend_repeats)
     ppe = chunked["ProcessPoolExecutor.map chunksize=1"]
     mine = chunked["rxpool WorkerPool(backend=ProcessBackend), automatic chunks"]
@@ -469,7 +479,7 @@ def backends_section(report: Report) -> None:
     many = dask["rxpool DaskBackend, automatic chunks"] / raw
     report.target("Dask backend vs raw client.submit", ">= 0.9x", single, single >= 0.9)
     report.target("Dask backend chunked vs raw client.submit", ">= 10x", many, many >= 10)
-    report.data["backends"] = {"cpu": cpu, "chunked": chunked, "dask": dask}
+    report.data["backends"] = {"cpu": cpu, "build": builds, "chunked": chunked, "dask": dask}
     report.section(
         f"## 8. Backends\n\nCPU-bound pure-Python jobs: {s.cpu_jobs} calls of `cpu({n:,})`"
         f" (calibrated at {s.cpu_seconds * 1000:.0f} ms each; {serial / s.cpu_jobs * 1000:.1f} ms"
@@ -481,6 +491,15 @@ def backends_section(report: Report) -> None:
         " chunks), is shown for reference. The ratios of this section sit close to 1, so it"
         f" takes the median of {s.backend_repeats} repetitions.\n\n"
         + table(["contender", "makespan (s)", "vs serial"], rows)
+        + f"\n\nCPU-bound jobs that allocate: {s.cpu_jobs} calls of `build({built_n:,})`,"
+        f" which makes dicts and lists (calibrated at {s.cpu_seconds * 1000:.0f} ms each;"
+        f" median of {min(5, s.backend_repeats)} repetitions). The garbage collections those"
+        " trigger walk, now and then, every object the process holds: a worker process of"
+        " rxpool freezes what it starts with (`gc.freeze`), so they walk only what the jobs"
+        " made; a `ProcessPoolExecutor` worker, forked from this process, walks all that"
+        " this program has imported, as the serial run does. Best of the alternatives:"
+        f" {build_best_name}.\n\n"
+        + table(["contender", "makespan (s)", "vs serial", "vs best alternative"], build_rows)
         + f"\n\nTrivial jobs (`x * 2`), {s.chunk_jobs:,} of them, on processes:\n\n"
         + table(["contender", "makespan (s)", "jobs/s"], chunk_rows)
         + f"\n\nDask (`LocalCluster` on 127.0.0.1, 2 workers x 2 threads), {s.dask_jobs:,}"

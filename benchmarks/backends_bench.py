@@ -29,12 +29,26 @@ def cpu(n: int) -> int:
     return total
 
 
+def build(n: int) -> int:
+    """Pure-Python CPU work that allocates, as parsing or building records does.
+
+    Every dict and list it makes is tracked by the cyclic garbage collector,
+    whose full collections also walk every object the process already holds.
+    """
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        rows.append({"i": i, "pair": [i, i * i]})
+        if len(rows) == 1000:
+            rows = []
+    return len(rows)
+
+
 def double(x: int) -> int:
     return x * 2
 
 
-def calibrate(seconds: float) -> int:
-    """The ``n`` for which ``cpu(n)`` takes about ``seconds`` here.
+def calibrate(seconds: float, fn: Callable[[int], Any] = cpu) -> int:
+    """The ``n`` for which ``fn(n)`` takes about ``seconds`` here.
 
     Timed at the full size, best of five: one short sample caught in a slow
     spell of the machine gave jobs half the size asked for.
@@ -42,7 +56,7 @@ def calibrate(seconds: float) -> int:
     n = 10_000
     while True:
         started = time.perf_counter()
-        cpu(n)
+        fn(n)
         took = time.perf_counter() - started
         if took > 0.005:
             break
@@ -51,7 +65,7 @@ def calibrate(seconds: float) -> int:
     best = math.inf
     for _ in range(5):
         started = time.perf_counter()
-        cpu(n)
+        fn(n)
         best = min(best, time.perf_counter() - started)
     return max(1, round(n * seconds / best))
 
@@ -81,12 +95,17 @@ def _pool_run(pool: WorkerPool, fn: Callable[[int], Any], inputs: list[int]) -> 
     return count
 
 
-def cpu_bound(jobs: int, seconds: float, repeats: int) -> tuple[dict[str, float], float]:
-    """Makespans (s) of CPU-bound jobs: serial, rxpool processes, ProcessPoolExecutor, loky."""
+def cpu_bound(
+    jobs: int, seconds: float, repeats: int, fn: Callable[[int], Any] = cpu
+) -> tuple[dict[str, float], int]:
+    """Makespans (s) of CPU-bound jobs: serial, rxpool processes, ProcessPoolExecutor, loky.
+
+    ``fn`` is a module-level function of one ``n``, calibrated to ``seconds`` here.
+    """
     from joblib import Parallel, delayed
 
     workers = os.cpu_count() or 1
-    n = calibrate(seconds)
+    n = calibrate(seconds, fn)
     inputs = [n] * jobs
     backend = ProcessBackend(workers)
     backend.warm()
@@ -94,17 +113,17 @@ def cpu_bound(jobs: int, seconds: float, repeats: int) -> tuple[dict[str, float]
     executor = ProcessPoolExecutor(workers)
     parallel = Parallel(n_jobs=workers, backend="loky")
     runs: dict[str, Callable[[], int]] = {
-        "serial": lambda: len([cpu(x) for x in inputs]),
+        "serial": lambda: len([fn(x) for x in inputs]),
         # The same call as ProcessPoolExecutor.map: the list's length is known.
-        "rxpool WorkerPool.map": lambda: len(list(pool.map(cpu, inputs))),
+        "rxpool WorkerPool.map": lambda: len(list(pool.map(fn, inputs))),
         # A generator of Jobs: the run's length is not known.
-        "rxpool WorkerPool.run, a generator of Jobs": lambda: _pool_run(pool, cpu, inputs),
+        "rxpool WorkerPool.run, a generator of Jobs": lambda: _pool_run(pool, fn, inputs),
     }
     for chunksize in (1, 4, 16):
         runs[f"ProcessPoolExecutor.map chunksize={chunksize}"] = (
-            lambda c=chunksize: len(list(executor.map(cpu, inputs, chunksize=c)))  # type: ignore[misc]
+            lambda c=chunksize: len(list(executor.map(fn, inputs, chunksize=c)))  # type: ignore[misc]
         )
-    runs["joblib loky"] = lambda: len(parallel(delayed(cpu)(x) for x in inputs))
+    runs["joblib loky"] = lambda: len(parallel(delayed(fn)(x) for x in inputs))
     try:
         medians = alternate(runs, repeats, jobs)
     finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
+import weakref
 from pathlib import Path
 
 
@@ -80,3 +82,18 @@ def announce_then_sleep(path: str, seconds: float) -> float:
     Path(path).touch()
     time.sleep(seconds)
     return seconds
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def frozen_and_collected() -> tuple[int, bool]:
+    """How many objects this process has frozen, and whether a cycle it drops is collected."""
+    first, second = _Node(), _Node()
+    first.other, second.other = second, first
+    probe = weakref.ref(first)
+    del first, second
+    gc.collect()
+    return gc.get_freeze_count(), probe() is None

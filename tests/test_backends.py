@@ -3,6 +3,7 @@ accounting and cancellation on threads, the asyncio loop, processes and Dask."""
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -491,6 +492,28 @@ def test_unpicklable_job_fails_at_once_with_a_clear_result(processes: ProcessBac
     assert isinstance(results["token"].error, TypeError)
     assert "CancelToken cannot cross" in str(results["token"].error)
     assert results["fine"].value == 8
+
+
+@pytest.mark.parametrize(
+    "start_method", [m for m in multiprocessing.get_all_start_methods() if m != "fork"]
+)
+def test_a_worker_process_freezes_what_it_starts_with_and_collects_what_jobs_make(
+    start_method: str,
+) -> None:
+    # The collector skips the objects the process started with (rxpool, the
+    # main module's imports): thousands of them, never garbage. A cycle a job
+    # drops is still collected, and the parent's own objects are not frozen.
+    frozen_here = gc.get_freeze_count()
+    backend = ProcessBackend(1, start_method=start_method)
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            result = pool.run([Job(_jobs.frozen_and_collected)]).run()
+    finally:
+        backend.close()
+    frozen, collected = result.value
+    assert frozen > 1000
+    assert collected
+    assert gc.get_freeze_count() == frozen_here
 
 
 @pytest.mark.parametrize(
