@@ -45,10 +45,17 @@ from reactivex.disposable import Disposable, SingleAssignmentDisposable
 from reactivex.scheduler import VirtualTimeScheduler
 
 from . import _aio
-from ._exceptions import BufferOverflow, Cancelled, Dropped, JobTimeout, WorkerCrashed
+from ._exceptions import (
+    BufferOverflow,
+    Cancelled,
+    Dropped,
+    JobTimeout,
+    WorkerCrashed,
+    copy_of,
+)
 from ._intake import Policy, PriorityBuffer, RateLimiter, evict
 from ._job import Job, Result, is_coroutine_function
-from ._remote import Call, Outcome
+from ._remote import Call, Outcome, failed_outcomes
 from ._retry import Retry, chain
 from ._stats import ProgressBar, Tracker
 from ._threads import ThreadRunner
@@ -60,7 +67,6 @@ _log: Final = logging.getLogger("rxpool")
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-_E = TypeVar("_E", bound=BaseException)
 
 _monotonic = time.monotonic
 _perf_counter = time.perf_counter
@@ -1019,11 +1025,11 @@ class _Run(Generic[_T, _R]):
         try:
             return self._remote.run_chunk([self._spec(item) for item in items], token)
         except WorkerCrashed as crash:
-            return _each_failed(items, crash)
+            return failed_outcomes(crash, len(items))
         except Cancelled as error:
             if token.cancelled:
                 raise
-            return _each_failed(items, error)  # e.g. the backend was closed
+            return failed_outcomes(error, len(items))  # e.g. the backend was closed
 
     def _remote_call(self, item: Any, token: CancelToken) -> Any:
         ok, value, _ = self._remote_outcomes([item], token)[0]
@@ -1120,12 +1126,12 @@ class _Run(Generic[_T, _R]):
         try:
             outcomes = lane.receive()
         except WorkerCrashed as crash:
-            outcomes = _each_failed(items, crash)
+            outcomes = failed_outcomes(crash, len(items))
         except Cancelled as error:
             back = _monotonic()
             if self._token.cancelled:  # the run is stopping and reports these itself
                 return len(items), back, None, back - began
-            outcomes = _each_failed(items, error)
+            outcomes = failed_outcomes(error, len(items))
         back = _monotonic()
         compute = sum(seconds for _, _, seconds in outcomes)
         self._deliver(first, *self._remote_results(items, _timed(outcomes, began, back), []))
@@ -1721,7 +1727,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         now = _monotonic()
 
         def cancelled(job: Job[Any]) -> Result[Any]:
-            return Result(None, _copy(error), job.descriptor, 1, now, now)
+            return Result(None, copy_of(error), job.descriptor, 1, now, now)
 
         fresh = [cancelled(job) for job in self._buffer]
         waiting = [seq for seq, *_ in self._retry_queue] + list(self._retry_waiting)
@@ -1801,16 +1807,6 @@ def _no_token(fn: Callable[..., Any]) -> Any:
         f"{name} declares a token parameter, but a CancelToken cannot cross into another"
         " process: on the process and Dask backends, use a timeout or hard_cancel instead"
     )
-
-
-def _copy(error: _E) -> _E:
-    """A fresh exception like ``error``, one per result (a traceback is per raise)."""
-    return type(error)(*error.args)
-
-
-def _each_failed(items: list[Any], error: Exception) -> list[Outcome]:
-    """The outcome of every item of a chunk that failed whole: a fresh copy of ``error`` each."""
-    return [(False, _copy(error), 0.0) for _ in items]
 
 
 def _timed(

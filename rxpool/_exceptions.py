@@ -19,6 +19,9 @@ A job's own exception is never wrapped: it becomes `Result.error` unchanged
 
 from __future__ import annotations
 
+import pickle
+from typing import TypeVar
+
 __all__ = [
     "BufferOverflow",
     "Cancelled",
@@ -69,3 +72,39 @@ class WorkerCrashed(RxPoolError):
 
 class NotSendable(RxPoolError, TypeError):
     """A job, or its result, cannot be pickled to cross into (or out of) another process."""
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def copy_of(error: _E) -> _E:
+    """A fresh exception like ``error``, for one of several results that share one cause.
+
+    Notes, a traceback and a chained cause belong to one exception object: one
+    shared by several results would gather what each of their consumers adds
+    (a retry's notes, the frames of every ``raise``). The copy is rebuilt as
+    pickling rebuilds an exception (its own ``__reduce_ex__``, not a
+    ``copyreg`` entry: distributed registers one, through tblib, whose copies
+    share the original's ``__dict__``) and keeps the type, args, attributes,
+    notes, cause and traceback. An exception that cannot be rebuilt is shared
+    after all.
+    """
+    try:
+        reduced = error.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        if isinstance(reduced, str):
+            return error
+        fresh: _E = reduced[0](*reduced[1])
+        if len(reduced) > 2 and reduced[2]:
+            fresh.__setstate__(reduced[2])
+    except Exception:
+        return error
+    if fresh is error or type(fresh) is not type(error):
+        return error
+    notes = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        fresh.__notes__ = list(notes)
+    fresh.__cause__ = error.__cause__
+    fresh.__context__ = error.__context__
+    fresh.__suppress_context__ = error.__suppress_context__
+    fresh.__traceback__ = error.__traceback__
+    return fresh

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._exceptions import Cancelled, NotSendable
+from ._exceptions import Cancelled, NotSendable, copy_of
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]]
 Outcome = tuple[bool, Any, float]
@@ -37,6 +37,11 @@ def run_calls(calls: Sequence[Call]) -> list[Outcome]:
         else:
             outcomes.append((True, value, time.perf_counter() - started))
     return outcomes
+
+
+def failed_outcomes(error: Exception, calls: int) -> list[Outcome]:
+    """The outcomes of ``calls`` calls that failed together: an exception object each."""
+    return [(False, error if index == 0 else copy_of(error), 0.0) for index in range(calls)]
 
 
 def _portable(error: BaseException) -> BaseException:

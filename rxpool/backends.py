@@ -37,7 +37,7 @@ from typing import Any, Final, NoReturn, Protocol, runtime_checkable
 
 from ._checks import check_bool, check_count
 from ._exceptions import Cancelled, NotSendable, WorkerCrashed
-from ._remote import Call, Outcome, run_calls, worker_main
+from ._remote import Call, Outcome, failed_outcomes, run_calls, worker_main
 from ._token import CancelToken
 
 __all__ = [
@@ -868,8 +868,7 @@ class _DaskLane:
             if self._token.cancelled:
                 raise self._token.new_error()
             if task.error is not None:  # it could not be submitted
-                error: Exception = task.error
-                return task.outcomes([(False, error, 0.0)] * len(task.calls))
+                return task.outcomes(failed_outcomes(task.error, len(task.calls)))
             if future is None:  # no call in it could be pickled
                 return task.outcomes([])
             try:
@@ -884,7 +883,7 @@ class _DaskLane:
                         "the Dask task was cancelled outside the run (was its client closed?)"
                     ) from None
                 # Its own time is not known.
-                return task.outcomes([(False, error, 0.0)] * len(task.calls))
+                return task.outcomes(failed_outcomes(error, len(task.calls)))
             if task.single:
                 return [(True, value, 0.0)]
             return task.outcomes(value)

@@ -816,6 +816,53 @@ def test_closing_the_dask_client_under_a_run_gives_every_job_a_result(
         assert "closed" in str(r.error).lower()
 
 
+def test_each_job_of_a_dask_chunk_that_failed_whole_gets_its_own_error(
+    dask_client: Any,
+) -> None:
+    # Chunks of five submitted through a closed client: the submit fails for
+    # the whole chunk. Every job says why, each with an exception object of
+    # its own, so a note or a raise on one result leaves the others alone.
+    from distributed import Client
+
+    client = Client(dask_client.scheduler.address)
+    client.close()
+    with WorkerPool(2, backend=DaskBackend(client, chunk_size=5)) as pool:
+        out = collect(pool.run(Job(_jobs.double, args=(i,), id=i) for i in range(10)))
+    assert not out.errors
+    errors = [r.error for r in sorted(out.values, key=lambda r: r.id)]
+    assert len(errors) == 10 and all(e is not None for e in errors)
+    assert len({id(e) for e in errors}) == 10
+    assert len({(type(e), str(e)) for e in errors}) == 1
+    assert errors[0] is not None and errors[1] is not None
+    errors[0].add_note("seen by the first consumer")
+    assert "seen by the first consumer" not in getattr(errors[1], "__notes__", [])
+
+
+def test_copy_of_an_error_keeps_what_it_says_and_shares_what_it_cannot_rebuild() -> None:
+    import distributed  # noqa: F401  (it has tblib register exception copiers with copyreg)
+
+    from rxpool._exceptions import copy_of
+
+    class Coded(Exception):
+        def __init__(self, message: str, *, code: int) -> None:
+            super().__init__(message)
+            self.code = code
+
+    try:
+        raise ValueError("bad input", 3) from KeyError("cause")
+    except ValueError as caught:
+        error = caught
+    error.add_note("a note")
+    fresh = copy_of(error)
+    assert fresh is not error and type(fresh) is ValueError
+    assert fresh.args == ("bad input", 3)
+    assert fresh.__notes__ == ["a note"] and fresh.__notes__ is not error.__notes__
+    assert isinstance(fresh.__cause__, KeyError)
+    assert fresh.__traceback__ is error.__traceback__
+    coded = Coded("no", code=7)  # cannot be rebuilt from its args: shared
+    assert copy_of(coded) is coded
+
+
 def test_a_chunk_held_behind_a_dask_task_never_starts_after_dispose(
     dask_client: Any, tmp_path: Path
 ) -> None:
