@@ -1025,11 +1025,13 @@ class _Run(Generic[_T, _R]):
         try:
             return self._remote.run_chunk([self._spec(item) for item in items], token)
         except WorkerCrashed as crash:
-            return failed_outcomes(crash, len(items))
-        except Cancelled as error:
+            # Without the traceback: rxpool's own frames, which hold the run,
+            # would live as long as the results do.
+            return failed_outcomes(crash.with_traceback(None), len(items))
+        except Cancelled as error:  # e.g. the backend was closed
             if token.cancelled:
                 raise
-            return failed_outcomes(error, len(items))  # e.g. the backend was closed
+            return failed_outcomes(error.with_traceback(None), len(items))
 
     def _remote_call(self, item: Any, token: CancelToken) -> Any:
         ok, value, _ = self._remote_outcomes([item], token)[0]
@@ -1126,12 +1128,12 @@ class _Run(Generic[_T, _R]):
         try:
             outcomes = lane.receive()
         except WorkerCrashed as crash:
-            outcomes = failed_outcomes(crash, len(items))
+            outcomes = failed_outcomes(crash.with_traceback(None), len(items))
         except Cancelled as error:
             back = _monotonic()
             if self._token.cancelled:  # the run is stopping and reports these itself
                 return len(items), back, None, back - began
-            outcomes = failed_outcomes(error, len(items))
+            outcomes = failed_outcomes(error.with_traceback(None), len(items))
         back = _monotonic()
         compute = sum(seconds for _, _, seconds in outcomes)
         self._deliver(first, *self._remote_results(items, _timed(outcomes, began, back), []))

@@ -712,6 +712,25 @@ def test_a_crash_fails_only_the_running_chunk_not_the_one_queued_behind() -> Non
         backend.close()
 
 
+def test_the_jobs_of_a_crashed_chunk_each_get_a_worker_crashed_of_their_own() -> None:
+    # One exception object per result (a note on one stays there), and none
+    # carries the traceback of rxpool's frames, which would keep the run alive.
+    backend = ProcessBackend(1, chunk_size=4)
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(3)]
+            jobs.insert(1, Job(_jobs.die, args=(3,), id="dies"))
+            out = collect(pool.run(jobs))
+    finally:
+        backend.close()
+    assert not out.errors and len(out.values) == 4
+    errors = [r.error for r in out.values]
+    assert all(isinstance(e, rxpool.WorkerCrashed) for e in errors)
+    assert len({id(e) for e in errors}) == 4
+    assert len({str(e) for e in errors}) == 1
+    assert all(e is not None and e.__traceback__ is None for e in errors)
+
+
 def test_runs_sharing_processes_take_turns() -> None:
     # A long run keeps its process busy with chunks queued back to back; a run
     # that starts meanwhile gets the process at the next chunk, not at the end.
