@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .contenders import CONTENDERS, Contender, double
+from .harness import alternate, alternate_times, paired_ratio
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,45 +112,6 @@ class Report:
 
     def target(self, name: str, goal: str, value: float, ok: bool) -> None:
         self.targets.append((name, goal, value, ok))
-
-
-def alternate(
-    runs: dict[str, Callable[[], int]], repeats: int, expected: dict[str, int]
-) -> dict[str, float]:
-    """Median seconds per contender; contenders alternate inside every repetition.
-
-    One untimed warm-up run each comes first, so every executor has its threads.
-    """
-    times = alternate_times(runs, repeats, expected)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def paired_ratio(times: dict[str, list[float]], base: str, other: str) -> float:
-    """The median over repetitions of ``base``'s time / ``other``'s in the same repetition.
-
-    Both ran within one repetition, seconds apart, so a slow spell of the
-    machine weighs on both: for ratios near 1 this is steadier than the ratio
-    of two medians.
-    """
-    return statistics.median(b / o for b, o in zip(times[base], times[other], strict=True))
-
-
-def alternate_times(
-    runs: dict[str, Callable[[], int]], repeats: int, expected: dict[str, int]
-) -> dict[str, list[float]]:
-    """Seconds of every timed run per contender, in repetition order (as `alternate`)."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for name in names:
-        runs[name]()
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            started = time.perf_counter()
-            count = runs[name]()
-            times[name].append(time.perf_counter() - started)
-            if count != expected[name]:
-                raise AssertionError(f"{name} saw {count} results, expected {expected[name]}")
-    return times
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

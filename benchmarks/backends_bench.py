@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from typing import Any
 import rxpool
 from rxpool import Job, WorkerPool
 from rxpool.backends import DaskBackend, ProcessBackend
+
+from .harness import alternate
 
 
 def cpu(n: int) -> int:
@@ -70,21 +71,6 @@ def calibrate(seconds: float, fn: Callable[[int], Any] = cpu) -> int:
     return max(1, round(n * seconds / best))
 
 
-def alternate(runs: dict[str, Callable[[], int]], repeats: int, expected: int) -> dict[str, float]:
-    for fn in runs.values():  # warm up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            started = time.perf_counter()
-            count = runs[name]()
-            times[name].append(time.perf_counter() - started)
-            if count != expected:
-                raise AssertionError(f"{name} gave {count} results, expected {expected}")
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def _pool_run(pool: WorkerPool, fn: Callable[[int], Any], inputs: list[int]) -> int:
     results = rxpool.iterate(pool.run(Job(fn, args=(x,)) for x in inputs))
     count = 0
@@ -125,7 +111,7 @@ def cpu_bound(
         )
     runs["joblib loky"] = lambda: len(parallel(delayed(fn)(x) for x in inputs))
     try:
-        medians = alternate(runs, repeats, jobs)
+        medians = alternate(runs, repeats, dict.fromkeys(runs, jobs))
     finally:
         pool.close()
         backend.close()
@@ -148,7 +134,7 @@ def trivial_chunked(jobs: int, repeats: int) -> dict[str, float]:
         "ProcessPoolExecutor.map chunksize=1": lambda: len(list(executor.map(double, inputs))),
     }
     try:
-        return alternate(runs, repeats, jobs)
+        return alternate(runs, repeats, dict.fromkeys(runs, jobs))
     finally:
         pool.close()
         backend.close()
@@ -210,7 +196,7 @@ def dask_trivial(jobs: int, repeats: int) -> dict[str, float]:
             "rxpool DaskBackend, automatic chunks": lambda: _pool_run(chunked, double, inputs),
         }
         try:
-            medians = alternate(runs, repeats, jobs)
+            medians = alternate(runs, repeats, dict.fromkeys(runs, jobs))
         finally:
             single.close()
             chunked.close()

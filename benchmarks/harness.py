@@ -1,0 +1,79 @@
+"""Timing contenders against each other in one run.
+
+Contenders alternate within every repetition, so a slow spell of the machine
+weighs on all of them; each figure is a median over repetitions. The orders
+form a Williams design: over a cycle of repetitions every contender runs
+right after every other one equally often. With a plain rotation a
+contender always ran right after the same other one, and on this machine a
+run right after a busy one is slower: two identical runs of
+`map_concurrent`, one always right after the other, measured 0.96x-0.98x.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def alternate_times(
+    runs: dict[str, Callable[[], int]], repeats: int, expected: dict[str, int]
+) -> dict[str, list[float]]:
+    """Seconds of every timed run per contender, in repetition order.
+
+    One untimed warm-up run each comes first, so every executor has its
+    threads or processes. Each run returns how many results it saw, which must
+    be ``expected[name]``.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for name in names:
+        runs[name]()
+    orders = williams_orders(len(names))
+    for r in range(repeats):
+        for index in orders[r % len(orders)]:
+            name = names[index]
+            started = time.perf_counter()
+            count = runs[name]()
+            times[name].append(time.perf_counter() - started)
+            if count != expected[name]:
+                raise AssertionError(f"{name} saw {count} results, expected {expected[name]}")
+    return times
+
+
+def williams_orders(n: int) -> list[list[int]]:
+    """Orders of ``range(n)`` in which each ordered pair is adjacent equally often.
+
+    ``n`` orders (``2 * n`` when ``n`` is odd): the first is 0, 1, n-1, 2,
+    n-2, ...; each next one adds 1 (mod n); an odd ``n`` adds the mirrors.
+    """
+    first = [0]
+    low, high = 1, n - 1
+    while low <= high:
+        first.append(low)
+        low += 1
+        if low <= high:
+            first.append(high)
+            high -= 1
+    orders = [[(x + shift) % n for x in first] for shift in range(n)]
+    if n % 2:
+        orders += [order[::-1] for order in orders]
+    return orders
+
+
+def alternate(
+    runs: dict[str, Callable[[], int]], repeats: int, expected: dict[str, int]
+) -> dict[str, float]:
+    """Median seconds per contender (see `alternate_times`)."""
+    times = alternate_times(runs, repeats, expected)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def paired_ratio(times: dict[str, list[float]], base: str, other: str) -> float:
+    """The median over repetitions of ``base``'s time / ``other``'s in the same repetition.
+
+    Both ran within one repetition, seconds apart, so a slow spell of the
+    machine weighs on both: for ratios near 1 this is steadier than the ratio
+    of two medians.
+    """
+    return statistics.median(b / o for b, o in zip(times[base], times[other], strict=True))
