@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .contenders import CONTENDERS, Contender, double
-from .harness import alternate, alternate_times, paired_ratio
+from .harness import alternate, alternate_times, paired_ratio, rotations
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +197,9 @@ def io_like(report: Report) -> None:
     opened = {name: cls(s.io_workers) for name, cls in CONTENDERS.items()}
     runs = {name: _bind(c, io_job, s.io_jobs) for name, c in opened.items()}
     try:
-        medians = alternate(runs, s.repeats, dict.fromkeys(runs, s.io_jobs))
+        # Rotations, not the counterbalanced orders: they bound the time
+        # between two runs on rxpool's thread cache to under its 1 s linger.
+        medians = alternate(runs, s.repeats, dict.fromkeys(runs, s.io_jobs), rotations)
         cold = _cold_cache(runs["rxpool map_concurrent"], s.repeats)
     finally:
         for contender in opened.values():
