@@ -31,7 +31,7 @@ import select
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import wait
 from typing import Any, Final, NoReturn, Protocol, runtime_checkable
 
@@ -544,20 +544,28 @@ def _modules_of(calls: Sequence[Call]) -> list[str]:
 _QUEUE_BYTES: Final = 32 * 1024
 
 
+def _merged(count: int, unsent: Mapping[int, Outcome], sent: Sequence[Outcome]) -> list[Outcome]:
+    """All ``count`` calls' outcomes in order: ``unsent``'s by index, ``sent``'s for the rest."""
+    if len(sent) != count - len(unsent):
+        raise RuntimeError(f"{len(sent)} outcomes came back for {count - len(unsent)} calls sent")
+    if not unsent:
+        return list(sent)
+    rest = iter(sent)
+    return [unsent[index] if index in unsent else next(rest) for index in range(count)]
+
+
 class _Chunk:
-    __slots__ = ("blobs", "calls", "outcomes", "sent", "seq", "size")
+    __slots__ = ("blobs", "calls", "seq", "size", "unsent")
 
     def __init__(self, calls: Sequence[Call]) -> None:
         self.calls = calls
-        self.outcomes: list[Outcome | None] = [None] * len(calls)
-        self.sent: list[int] = []  # indexes of the calls that go to the process
+        self.unsent: dict[int, Outcome] = {}  # by index: calls that could not be pickled
         blobs: list[bytes] = []
         for index, call in enumerate(calls):
             try:
                 blobs.append(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
-                self.sent.append(index)
             except Exception as error:
-                self.outcomes[index] = (False, _not_sendable(call, error), 0.0)
+                self.unsent[index] = (False, _not_sendable(call, error), 0.0)
         self.blobs = blobs
         self.size = sum(map(len, blobs))
         self.seq = 0  # its number on the process it was sent to; 0: not sent yet
@@ -637,19 +645,19 @@ class _ProcessLane:
 
     def receive(self) -> list[Outcome]:
         chunk = self._chunks.popleft()
-        if chunk.blobs:
-            if not chunk.seq:  # held back, or its process died: nothing is ahead of it now
-                if self._token.cancelled:
-                    raise self._token.new_error()  # it never starts
-                self._transmit(chunk)
-            assert self._worker is not None
-            data = self._worker.read()  # None: the process died under the chunk
-            if data is None:
-                self._crashed(len(chunk.sent))
-            for index, outcome in zip(chunk.sent, pickle.loads(data), strict=True):
-                chunk.outcomes[index] = outcome
-            self._pump()
-        return chunk.outcomes  # type: ignore[return-value]
+        if not chunk.blobs:  # nothing in it could be sent
+            return _merged(len(chunk.calls), chunk.unsent, [])
+        if not chunk.seq:  # held back, or its process died: nothing is ahead of it now
+            if self._token.cancelled:
+                raise self._token.new_error()  # it never starts
+            self._transmit(chunk)
+        assert self._worker is not None
+        data = self._worker.read()  # None: the process died under the chunk
+        if data is None:
+            self._crashed(len(chunk.blobs))
+        sent: list[Outcome] = pickle.loads(data)
+        self._pump()
+        return _merged(len(chunk.calls), chunk.unsent, sent)
 
     def _crashed(self, jobs: int) -> NoReturn:
         worker = self._let_go()
@@ -783,10 +791,7 @@ class _DaskTask:
 
     def outcomes(self, sent: list[Outcome]) -> list[Outcome]:
         """Every call's outcome, in order: ``sent`` for the calls submitted."""
-        if not self.unsent:
-            return sent
-        rest = iter(sent)
-        return [self.unsent.get(index) or next(rest) for index in range(self.size)]
+        return _merged(self.size, self.unsent, sent)
 
 
 class _DaskLane:
