@@ -445,6 +445,19 @@ def _check_main_can_be_imported() -> None:
         )
 
 
+def _forkserver_to_start() -> Any:
+    """multiprocessing's forkserver object when its server has not started, else None.
+
+    None too for a multiprocessing whose forkserver this does not know.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", 0) is not None:
+        return None
+    return server
+
+
 def _check_sys_path_for_forkserver() -> None:
     """Refuse a ``sys.path`` entry that would kill a forkserver about to start.
 
@@ -455,10 +468,7 @@ def _check_sys_path_for_forkserver() -> None:
     entries that are not ``str``, so such an entry never did anything. A
     server already running is not affected.
     """
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    if server is None or getattr(server, "_forkserver_pid", 0) is not None:
+    if _forkserver_to_start() is None:
         return
     for index, entry in enumerate(list(sys.path)):
         try:
@@ -505,8 +515,8 @@ def _start_forkserver(calls: Sequence[Call] = ()) -> None:
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         return  # the main module, run by a new process: Process.start says it cannot start one
-    server = getattr(forkserver, "_forkserver", None)
-    if server is None or getattr(server, "_forkserver_pid", 0) is not None:
+    server = _forkserver_to_start()
+    if server is None:
         return  # running, or a multiprocessing this does not know: it starts as usual
     _check_sys_path_for_forkserver()  # the entry may have come after the backend
     data = spawn.get_preparation_data("rxpool")
