@@ -78,12 +78,15 @@ def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
         return pickle.dumps(checked, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def worker_main(conn: Any, mark: Any) -> None:
+def worker_main(conn: Any, mark: Any, at: Any) -> None:
     """A process worker: run chunks from ``conn`` until it closes.
 
     A chunk comes as ``(seq, [pickled call, ...])``; its calls not started yet
     are skipped (a `Cancelled` outcome each) once the parent sets
-    ``mark.value`` to ``seq`` or more.
+    ``mark.value`` to ``seq`` or more. ``at`` (two integers in shared memory)
+    holds ``seq`` and the index of the call the worker loads or runs (-1
+    before the first), so that if the process dies, the parent knows which
+    call it died under: the calls after it never started.
 
     The objects the process starts with (rxpool, the main module and what it
     imports: tens of thousands in a real program) are frozen first
@@ -100,7 +103,10 @@ def worker_main(conn: Any, mark: Any) -> None:
             return
         seq, blobs = pickle.loads(data)
         outcomes: list[Outcome] = []
-        for blob in blobs:
+        at[1] = -1  # first: a kill between the two writes must not blame an old index
+        at[0] = seq
+        for index, blob in enumerate(blobs):
+            at[1] = index
             if mark.value >= seq:
                 outcomes.append((False, Cancelled("the job was cancelled before it started"), 0.0))
                 continue

@@ -33,7 +33,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import wait
-from typing import Any, Final, NoReturn, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from ._checks import check_bool, check_count
 from ._exceptions import Cancelled, NotSendable, WorkerCrashed
@@ -58,8 +58,10 @@ class Backend(Protocol):
 
     ``run_chunk(calls, token)`` runs each ``(fn, args, kwargs)`` and returns
     one ``(ok, value_or_error, seconds)`` per call, in order; a call's
-    exception is its outcome. It raises `WorkerCrashed` when the worker
-    running the chunk died (every call in it is then reported crashed), and
+    exception is its outcome. When the worker running the chunk died, it
+    raises `WorkerCrashed` (every call in it is then reported crashed), or,
+    if it knows which call the worker died under, gives that call a
+    `WorkerCrashed` outcome and the others theirs (`ProcessBackend` does); and
     `Cancelled` (``token.new_error()``) when it gave the chunk up because
     ``token`` was cancelled. ``chunk_size``: calls per chunk, or None to let
     rxpool size chunks (four times the round trip's overhead in work, at most
@@ -144,7 +146,7 @@ class Lane(Protocol):
 
 
 class _Worker:
-    __slots__ = ("_poll", "conn", "mark", "process", "sent")
+    __slots__ = ("_poll", "at", "conn", "mark", "process", "sent")
 
     def __init__(self, context: Any, calls: Sequence[Call] = ()) -> None:
         if context.get_start_method() == "forkserver":
@@ -153,9 +155,14 @@ class _Worker:
         # Chunks numbered up to ``mark`` are cancelled: the worker skips their
         # calls not yet started (set from the parent, read before each call).
         self.mark = context.RawValue("q", 0)
+        # The chunk and the index of the call the worker runs (or loads) now.
+        self.at = context.RawArray("q", 2)
         self.sent = 0  # the number of the last chunk sent
         self.process = context.Process(
-            target=worker_main, args=(child, self.mark), name="rxpool-process", daemon=True
+            target=worker_main,
+            args=(child, self.mark, self.at),
+            name="rxpool-process",
+            daemon=True,
         )
         self.process.start()
         child.close()
@@ -187,6 +194,11 @@ class _Worker:
             return None
         return data
 
+    def died_under(self, seq: int) -> int | None:
+        """The index of the call of chunk ``seq`` the dead process ran; None: none had started."""
+        index = int(self.at[1])
+        return index if self.at[0] == seq and index >= 0 else None
+
     def cancel_upto(self, seq: int) -> None:
         """Skip the calls not started yet of every chunk numbered up to ``seq``."""
         if self.mark.value < seq:
@@ -211,10 +223,12 @@ class ProcessBackend:
     ``processes``) while it has chunks to run, and sends its next chunk
     while the process still runs the last one, so a process never waits for
     the round trip to the slot. A job or a result that cannot be pickled gets
-    a `NotSendable` result at once. A process that dies under a chunk
-    (``os._exit``, a segfault, the OOM killer) turns that chunk's jobs into
-    `WorkerCrashed` results and is replaced (the chunk queued behind it goes
-    to the new process); with a retry policy they are retried. Functions must
+    a `NotSendable` result at once. A process that dies under a job
+    (``os._exit``, a segfault, the OOM killer) is replaced; that job gets a
+    `WorkerCrashed` result, and so do the jobs of its chunk that had run
+    (their results died with the process), while the jobs not started yet
+    (the rest of the chunk, the chunk queued behind) go to the new process;
+    with a retry policy crashed jobs are retried. Functions must
     be importable by the worker processes (module-level, not lambdas), as
     with `ProcessPoolExecutor`.
 
@@ -567,18 +581,25 @@ def _merged(count: int, unsent: Mapping[int, Outcome], sent: Sequence[Outcome]) 
 class _Chunk:
     __slots__ = ("blobs", "calls", "seq", "size", "unsent")
 
-    def __init__(self, calls: Sequence[Call]) -> None:
+    def __init__(self, calls: Sequence[Call], blobs: list[bytes] | None = None) -> None:
+        """``blobs``: the calls pickled already (then every call is sendable)."""
         self.calls = calls
         self.unsent: dict[int, Outcome] = {}  # by index: calls that could not be pickled
-        blobs: list[bytes] = []
-        for index, call in enumerate(calls):
-            try:
-                blobs.append(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
-            except Exception as error:
-                self.unsent[index] = (False, _not_sendable(call, error), 0.0)
+        if blobs is None:
+            blobs = []
+            for index, call in enumerate(calls):
+                try:
+                    blobs.append(pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL))
+                except Exception as error:
+                    self.unsent[index] = (False, _not_sendable(call, error), 0.0)
         self.blobs = blobs
         self.size = sum(map(len, blobs))
         self.seq = 0  # its number on the process it was sent to; 0: not sent yet
+
+    def after(self, sent: int) -> _Chunk:
+        """The calls sent after the ``sent``-th call sent, as a chunk not sent yet."""
+        calls = [call for index, call in enumerate(self.calls) if index not in self.unsent]
+        return _Chunk(calls[sent + 1 :], self.blobs[sent + 1 :])
 
 
 class _ProcessLane:
@@ -664,14 +685,24 @@ class _ProcessLane:
         assert self._worker is not None
         data = self._worker.read()  # None: the process died under the chunk
         if data is None:
-            self._crashed(len(chunk.blobs))
-        sent: list[Outcome] = pickle.loads(data)
-        self._pump()
+            sent = self._crashed(chunk)
+        else:
+            sent = pickle.loads(data)
+            self._pump()
         return _merged(len(chunk.calls), chunk.unsent, sent)
 
-    def _crashed(self, jobs: int) -> NoReturn:
+    def _crashed(self, chunk: _Chunk) -> list[Outcome]:
+        """The outcomes of the calls sent in ``chunk``, whose process died under it.
+
+        The call the process died under gets a `WorkerCrashed`; so do the
+        calls before it, which ran but whose outcomes died with the process.
+        The calls after it never started: they run on a new process. If the
+        process died before any call of the chunk started, which call killed
+        it is unknown: each gets a `WorkerCrashed` (raised for the chunk).
+        """
         worker = self._let_go()
         code = _exit_code(worker)
+        under = worker.died_under(chunk.seq)
         self._backend._discard(worker)
         # The chunks queued behind never started: they go to a new process.
         for queued in self._chunks:
@@ -679,10 +710,23 @@ class _ProcessLane:
         if self._backend.hard_cancel and self._token.cancelled:
             raise self._token.new_error()
         self._backend.crashes += 1
-        raise WorkerCrashed(
-            f"worker process {worker.process.pid} died (exit code {code})"
-            f" while running {jobs} job(s)"
+        died = f"worker process {worker.process.pid} died (exit code {code})"
+        if under is None:
+            raise WorkerCrashed(f"{died} while running {len(chunk.blobs)} job(s)")
+        lost = WorkerCrashed(
+            f"{died} while running a later job of the same chunk: this job had run,"
+            " but its result was lost with the process"
         )
+        outcomes = failed_outcomes(lost, under) if under else []
+        outcomes.append((False, WorkerCrashed(f"{died} while running this job"), 0.0))
+        rest = chunk.after(under)
+        if rest.blobs:
+            self._chunks.appendleft(rest)
+            try:
+                outcomes += self.receive()
+            except (Cancelled, WorkerCrashed) as error:
+                outcomes += failed_outcomes(error.with_traceback(None), len(rest.blobs))
+        return outcomes
 
     def close(self) -> None:
         self._link.dispose()

@@ -46,6 +46,13 @@ def flaky(counter: str, succeed_on: int) -> int:
     return calls
 
 
+def tally(path: str, x: int) -> int:
+    """Append ``x`` to the file at ``path`` (a line a run, from any process); ``x * 2``."""
+    with open(path, "a") as file:
+        file.write(f"{x}\n")
+    return x * 2
+
+
 def die(code: int) -> None:
     """Kill the worker process under the job, as a segfault or the OOM killer would."""
     os._exit(code)
