@@ -30,8 +30,10 @@ import pickle
 import select
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
+from multiprocessing import util as multiprocessing_util
 from multiprocessing.connection import wait
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -162,9 +164,10 @@ class _Worker:
             target=worker_main,
             args=(child, self.mark, self.at),
             name="rxpool-process",
-            daemon=True,
+            daemon=False,  # so that a job may start processes of its own: see _end_processes
         )
         self.process.start()
+        _track(self.process)
         child.close()
         # The pipe and the process's sentinel, registered once: a wait for the
         # next outcomes is one poll() call (only the thread holding the worker reads).
@@ -214,6 +217,52 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout)
+
+
+# This process's backends and worker processes, for _end_processes.
+_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+_processes: weakref.WeakSet[Any] = weakref.WeakSet()
+_ending_in = 0  # the process whose multiprocessing shutdown runs _end_processes
+
+
+def _forget_after_fork() -> None:
+    global _ending_in
+    _backends.clear()
+    _processes.clear()
+    _ending_in = 0
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _track(process: Any) -> None:
+    global _ending_in
+    _processes.add(process)
+    if _ending_in != os.getpid():
+        _ending_in = os.getpid()
+        multiprocessing_util.Finalize(None, _end_processes, exitpriority=10)
+
+
+def _end_processes() -> None:
+    """At this process's exit: close every `ProcessBackend`, end their processes.
+
+    Worker processes are not daemonic, so that a job can start processes of
+    its own (a `ProcessPoolExecutor`, joblib, another `WorkerPool`), as a
+    `ProcessPoolExecutor`'s workers can; multiprocessing's shutdown joins
+    such processes, so this runs first (a finalizer of multiprocessing's, at
+    the exit of the program or of a worker process). Idle processes exit as
+    their pipe closes; busy ones are terminated, as daemonic ones would be.
+    """
+    for backend in list(_backends):
+        backend.close()
+    alive = [process for process in list(_processes) if process.is_alive()]
+    for process in alive:
+        process.terminate()
+    for process in alive:
+        process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
 
 
 class ProcessBackend:
@@ -303,6 +352,7 @@ class ProcessBackend:
         self._handed: dict[object, _Worker | None] = {}
         self._closed = False
         self.crashes = 0  # processes that died under a chunk and were replaced
+        _backends.add(self)
 
     def warm(self) -> None:
         """Start every process now, instead of on demand, and wait until each is ready."""

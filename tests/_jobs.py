@@ -104,3 +104,28 @@ def frozen_and_collected() -> tuple[int, bool]:
     del first, second
     gc.collect()
     return gc.get_freeze_count(), probe() is None
+
+
+def nested(n: int) -> tuple[list[int], list[tuple[int, int]], bool]:
+    """Run jobs on processes of the job's own: a `ProcessPoolExecutor`, and rxpool's
+    process-wide backend (left open, as a library called by a job might).
+
+    Returns the executor's results, rxpool's ``(x, pid)`` pairs, and whether
+    this process is daemonic.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import reactivex
+    from reactivex import operators as ops
+
+    from rxpool import operators as rops
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as executor:
+        doubled = list(executor.map(double, range(n)))
+    pairs: list[tuple[int, int]] = (
+        reactivex.from_iterable(range(n))
+        .pipe(rops.map_concurrent(where, 2, backend="process"), ops.to_list())
+        .run()
+    )
+    return doubled, sorted(pairs), multiprocessing.current_process().daemon

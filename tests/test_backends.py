@@ -539,6 +539,81 @@ def test_a_crashed_process_is_replaced_and_the_run_goes_on(start_method: str) ->
         backend.close()
 
 
+def _ended(pid: int) -> bool:
+    """The process is gone, or a zombie its parent has not reaped yet."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.parametrize(
+    "start_method", [m for m in multiprocessing.get_all_start_methods() if m != "fork"]
+)
+def test_a_process_job_can_start_processes_of_its_own(start_method: str) -> None:
+    # As in a ProcessPoolExecutor's workers (not daemonic), a job may use a
+    # process pool itself, or call a library that does; a process-wide
+    # backend the job leaves open ends with the worker process.
+    backend = ProcessBackend(1, start_method=start_method)
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            (result,) = collect(pool.run([Job(_jobs.nested, args=(4,))])).values
+            (worker,) = collect(pool.run([Job(_jobs.where, args=(0,))])).values
+    finally:
+        backend.close()
+    assert result.ok, result.error
+    doubled, pairs, daemonic = result.value
+    assert doubled == [0, 2, 4, 6] and [x for x, _ in pairs] == [0, 1, 2, 3]
+    assert not daemonic
+    inner = {pid for _, pid in pairs}
+    assert worker.value[1] not in inner
+    assert wait_until(lambda: all(_ended(pid) for pid in [*inner, worker.value[1]]), 10)
+
+
+_EXITING_SCRIPT = """
+import multiprocessing, sys, time
+
+from rxpool import Job, WorkerPool
+from rxpool.backends import ProcessBackend
+
+import _jobs
+
+if __name__ == "__main__":
+    backend = ProcessBackend(2)
+    backend.warm()  # both processes up; neither the backend nor the pool is closed
+    pool = WorkerPool(2, backend=backend)
+    if sys.argv[1] == "busy":  # one process runs a long job when the program ends
+        started = sys.argv[2]
+        pool.run([Job(_jobs.announce_then_sleep, args=(started, 600))]).subscribe()
+        while not __import__("os").path.exists(started):
+            time.sleep(0.01)
+    print(*sorted(p.pid for p in multiprocessing.active_children() if p.name == "rxpool-process"))
+"""
+
+
+@pytest.mark.parametrize("state", ["idle", "busy"])
+def test_a_program_that_ends_with_processes_open_exits_and_ends_them(
+    tmp_path: Path, state: str
+) -> None:
+    # The processes are not daemonic, which multiprocessing would wait for at
+    # exit: rxpool ends them first (a busy one is terminated, as a daemonic one was).
+    (tmp_path / "main.py").write_text(_EXITING_SCRIPT)
+    here = Path(_jobs.__file__).parent
+    (tmp_path / "_jobs.py").write_text((here / "_jobs.py").read_text())
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "main.py"), state, str(tmp_path / "started")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) == 2
+    assert wait_until(lambda: all(_ended(pid) for pid in pids), 10)
+
+
 def test_hard_cancel_kills_the_process_of_a_timed_out_job() -> None:
     backend = ProcessBackend(1, hard_cancel=True)
     try:
