@@ -321,7 +321,9 @@ class ProcessBackend:
         hard_cancel: bool = False,
         start_method: str | None = None,
     ) -> None:
-        self.processes = check_count("processes", processes or os.cpu_count() or 1)
+        if processes is None:
+            processes = os.cpu_count() or 1
+        self.processes = check_count("processes", processes)
         self.chunk_size = None if chunk_size is None else check_count("chunk_size", chunk_size)
         check_bool("hard_cancel", hard_cancel)
         self.hard_cancel = hard_cancel

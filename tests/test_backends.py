@@ -242,6 +242,11 @@ def test_backend_names_and_objects() -> None:
         DaskBackend(object())
     with pytest.raises(ValueError, match="chunk_size"):
         ProcessBackend(2, chunk_size=0)
+    with pytest.raises(ValueError, match="processes must be >= 1, got 0"):
+        ProcessBackend(0)  # not "the CPU count": None means that
+    with pytest.raises(TypeError, match="processes must be an int"):
+        ProcessBackend(2.0)  # type: ignore[arg-type]
+    assert ProcessBackend().processes == (os.cpu_count() or 1)
     with pytest.raises(ValueError, match="start_method"):
         ProcessBackend(2, start_method="teleport")
     with pytest.raises(ValueError, match="start_method='fork' is not supported"):
