@@ -405,7 +405,7 @@ def backends_section(report: Report) -> None:
     from . import backends_bench as bb
 
     s = report.sizes
-    cpu, n = bb.cpu_bound(s.cpu_jobs, s.cpu_seconds, s.backend_repeats)
+    cpu, n, cpu_repeats = bb.cpu_bound(s.cpu_jobs, s.cpu_seconds, s.backend_repeats, balanced=True)
     ours = cpu["rxpool WorkerPool.map"]  # the same call as ProcessPoolExecutor.map
     serial = cpu["serial"]
     best_name, best = min(
@@ -420,7 +420,9 @@ def backends_section(report: Report) -> None:
         "process backend CPU-bound vs best of PPE/loky", ">= 1.0x", best / ours, best / ours >= 1.0
     )
     # Far apart, these need fewer repetitions than the close ratios above.
-    builds, built_n = bb.cpu_bound(s.cpu_jobs, s.cpu_seconds, min(5, s.backend_repeats), bb.build)
+    builds, built_n, build_repeats = bb.cpu_bound(
+        s.cpu_jobs, s.cpu_seconds, min(5, s.backend_repeats), bb.build
+    )
     build_best_name, build_best = min(
         ((name, t) for name, t in builds.items() if "ProcessPool" in name or "loky" in name),
         key=lambda item: item[1],
@@ -453,11 +455,13 @@ def backends_section(report: Report) -> None:
         " with `ProcessPoolExecutor.map(cpu, inputs)`, the same call over the same list; a"
         " generator of `Job`s, whose length rxpool cannot know (so it cannot shrink the last"
         " chunks), is shown for reference. The ratios of this section sit close to 1, so it"
-        f" takes the median of {s.backend_repeats} repetitions.\n\n"
+        f" takes the median of {cpu_repeats} repetitions: whole cycles of orders in which"
+        " each contender runs right after each other one equally often (a run right"
+        " after the serial one is slower).\n\n"
         + table(["contender", "makespan (s)", "vs serial"], rows)
         + f"\n\nCPU-bound jobs that allocate: {s.cpu_jobs} calls of `build({built_n:,})`,"
         f" which makes dicts and lists (calibrated at {s.cpu_seconds * 1000:.0f} ms each;"
-        f" median of {min(5, s.backend_repeats)} repetitions). The garbage collections those"
+        f" median of {build_repeats} repetitions). The garbage collections those"
         " trigger walk, now and then, every object the process holds: a worker process of"
         " rxpool freezes what it starts with (`gc.freeze`), so they walk only what the jobs"
         " made; a `ProcessPoolExecutor` worker, forked from this process, walks all that"

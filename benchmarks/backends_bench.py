@@ -19,7 +19,7 @@ import rxpool
 from rxpool import Job, WorkerPool
 from rxpool.backends import DaskBackend, ProcessBackend
 
-from .harness import alternate
+from .harness import alternate, whole_cycles
 
 
 def cpu(n: int) -> int:
@@ -82,11 +82,19 @@ def _pool_run(pool: WorkerPool, fn: Callable[[int], Any], inputs: list[int]) -> 
 
 
 def cpu_bound(
-    jobs: int, seconds: float, repeats: int, fn: Callable[[int], Any] = cpu
-) -> tuple[dict[str, float], int]:
+    jobs: int,
+    seconds: float,
+    repeats: int,
+    fn: Callable[[int], Any] = cpu,
+    *,
+    balanced: bool = False,
+) -> tuple[dict[str, float], int, int]:
     """Makespans (s) of CPU-bound jobs: serial, rxpool processes, ProcessPoolExecutor, loky.
 
-    ``fn`` is a module-level function of one ``n``, calibrated to ``seconds`` here.
+    ``fn`` is a module-level function of one ``n``, calibrated to ``seconds``
+    here. ``balanced``: ``repeats`` rounded up to whole cycles of orders (see
+    `whole_cycles`), for ratios that sit close to 1. Returns the medians,
+    ``n`` and the repetitions run.
     """
     from joblib import Parallel, delayed
 
@@ -110,13 +118,15 @@ def cpu_bound(
             lambda c=chunksize: len(list(executor.map(fn, inputs, chunksize=c)))  # type: ignore[misc]
         )
     runs["joblib loky"] = lambda: len(parallel(delayed(fn)(x) for x in inputs))
+    if balanced:
+        repeats = whole_cycles(repeats, len(runs))
     try:
         medians = alternate(runs, repeats, dict.fromkeys(runs, jobs))
     finally:
         pool.close()
         backend.close()
         executor.shutdown()
-    return medians, n
+    return medians, n, repeats
 
 
 def trivial_chunked(jobs: int, repeats: int) -> dict[str, float]:

@@ -84,3 +84,21 @@ def test_benchmark_orders_put_every_contender_after_every_other_equally_often(n:
     pairs = Counter((a, b) for order in orders for a, b in itertools.pairwise(order))
     assert set(pairs) == {(a, b) for a in range(n) for b in range(n) if a != b}
     assert len(set(pairs.values())) <= 1
+
+
+@given(st.integers(min_value=1, max_value=16), st.integers(min_value=-2, max_value=40))
+def test_benchmark_repetitions_balanced_are_whole_cycles_of_orders(n: int, repeats: int) -> None:
+    # Part of a cycle is unbalanced: the CPU-bound section's nine repetitions
+    # of seven contenders ran rxpool right after the serial run twice, loky never.
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.harness import whole_cycles, williams_orders
+    finally:
+        sys.path.remove(str(ROOT))
+    cycle = len(williams_orders(n))
+    rounded = whole_cycles(repeats, n)
+    assert rounded % cycle == 0 and max(repeats, 1) <= rounded < max(repeats, 1) + cycle
+    orders = [williams_orders(n)[r % cycle] for r in range(rounded)]
+    after_first = Counter(order[i + 1] for order in orders for i in range(n - 1) if order[i] == 0)
+    assert set(after_first) == set(range(1, n))
+    assert n == 1 or set(after_first.values()) == {rounded // cycle * (2 if n % 2 else 1)}
