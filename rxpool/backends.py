@@ -825,9 +825,10 @@ class DaskBackend:
     chunk waits in the client and the done-callback of the task before it
     submits it (see `Lane`), so the cluster does not wait for the slot thread. Dispose
     cancels the queued and pending futures. A worker lost under a task (Dask
-    gives up on it with ``KilledWorker``) gives `WorkerCrashed` results, or
-    retries with a `Retry` policy. Functions are sent with cloudpickle, so
-    lambdas work.
+    gives up on it with ``KilledWorker``) gives a `WorkerCrashed` result, or
+    retries with a `Retry` policy; a chunk Dask gave up on runs again one
+    call a task, so only a call that kills its worker fails. Functions are
+    sent with cloudpickle, so lambdas work.
 
     Args:
         client: A ``distributed.Client`` (a ``LocalCluster``'s or a deployed one's).
@@ -985,6 +986,8 @@ class _DaskLane:
             try:
                 value = future.result()
             except KilledWorker as error:
+                if len(task.calls) > 1:
+                    return task.outcomes(self._one_by_one(task.calls))
                 raise WorkerCrashed(f"the Dask worker running the job died: {error}") from None
             except Exception as error:  # the job raised, or could not be sent or run
                 if future.cancelled():
@@ -1003,6 +1006,26 @@ class _DaskLane:
                 # Cancelled or failed: let the cluster forget it now. A finished
                 # future is released when dropped, as a plain submit's is.
                 future.release()
+
+    def _one_by_one(self, calls: Sequence[Call]) -> list[Outcome]:
+        """The outcomes of a chunk that killed its workers, its calls run again one a task.
+
+        Dask ran the chunk again on other workers (``allowed-failures``), so its
+        calls may have run more than once already; alone, only a call that
+        kills its worker gets a `WorkerCrashed`, and a chunk too big for a
+        worker's memory may fit call by call. One task at a time on this
+        slot (the task held behind the chunk may be running too).
+        """
+        outcomes: list[Outcome] = []
+        for index, call in enumerate(calls):
+            if self._token.cancelled:
+                outcomes += failed_outcomes(self._token.new_error(), len(calls) - index)
+                break
+            try:
+                outcomes += _run_alone(_DaskLane(self._client, self._token), [call])
+            except (Cancelled, WorkerCrashed) as error:
+                outcomes += failed_outcomes(error.with_traceback(None), 1)
+        return outcomes
 
     def close(self) -> None:
         """End the lane; chunks sent and not received (only after an error) are cancelled."""

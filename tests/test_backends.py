@@ -1079,6 +1079,14 @@ def test_dask_worker_processes_lost_worker_and_dispose() -> None:
             assert isinstance(results["dies"].error, rxpool.WorkerCrashed)
             assert all(results[i].value == 2 * i for i in range(6))
 
+        # A chunk that kills its worker runs again call by call: only the
+        # call that kills its worker fails, as on the process backend.
+        with WorkerPool(2, backend=DaskBackend(client, chunk_size=4)) as pool:
+            results = {r.id: r for r in collect(pool.run(jobs), timeout=60).values}
+            assert isinstance(results["dies"].error, rxpool.WorkerCrashed)
+            assert all(results[i].value == 2 * i for i in range(6))
+
+        with WorkerPool(2, backend=backend) as pool:
             got = threading.Event()
             long = (Job(_jobs.sleep_for, args=(0.2,)) for _ in range(100))
             subscription = pool.run(long).subscribe(lambda _: got.set())
