@@ -9,18 +9,25 @@ chunk never hides the others' results.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
+import os
 import pickle
+import struct
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ._exceptions import Cancelled, NotSendable, copy_of
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]]
 Outcome = tuple[bool, Any, float]
+
+# A record of a spill file: the chunk's number and the length of the pickled
+# outcomes that follow (see worker_main).
+SPILL_HEADER: Final = struct.Struct("<qI")
 
 
 def run_calls(calls: Sequence[Call]) -> list[Outcome]:
@@ -78,7 +85,9 @@ def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
         return pickle.dumps(checked, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def worker_main(conn: Any, mark: Any, at: Any) -> None:
+def worker_main(
+    conn: Any, mark: Any, at: Any, spill_path: str | None = None, spill_every: float = 0.001
+) -> None:
     """A process worker: run chunks from ``conn`` until it closes.
 
     A chunk comes as ``(seq, [pickled call, ...])``; its calls not started yet
@@ -88,6 +97,14 @@ def worker_main(conn: Any, mark: Any, at: Any) -> None:
     before the first), so that if the process dies, the parent knows which
     call it died under: the calls after it never started.
 
+    The outcomes go back as one message a chunk, a list of pickled segments.
+    Every ``spill_every`` seconds the outcomes finished since the last
+    segment become a segment, also appended to the file at ``spill_path``
+    (emptied at each chunk; the parent keeps it open, the worker unlinks
+    it): if the process dies, the parent reads from it the outcomes of the
+    calls finished before the last ``spill_every`` seconds. A file, not the
+    pipe: a write to it wakes no thread of the parent's.
+
     The objects the process starts with (rxpool, the main module and what it
     imports: tens of thousands in a real program) are frozen first
     (`gc.freeze`): the cyclic garbage collector never walks them again, so a
@@ -96,28 +113,97 @@ def worker_main(conn: Any, mark: Any, at: Any) -> None:
     the pages it shares with the server when it collects.
     """
     gc.freeze()
+    spill = _open_spill(spill_path)
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
         seq, blobs = pickle.loads(data)
-        outcomes: list[Outcome] = []
+        segments: list[bytes] = []
+        outcomes: list[Outcome] = []  # finished since the last segment
+        if spill is not None:
+            spill = _spilled(spill, b"")
         at[1] = -1  # first: a kill between the two writes must not blame an old index
         at[0] = seq
+        last = time.perf_counter()
         for index, blob in enumerate(blobs):
             at[1] = index
             if mark.value >= seq:
                 outcomes.append((False, Cancelled("the job was cancelled before it started"), 0.0))
-                continue
-            try:
-                call = pickle.loads(blob)
-            except BaseException as error:  # e.g. a function this process cannot import
-                error = NotSendable(f"the job cannot be loaded in the worker: {error!r}")
-                outcomes.append((False, error, 0.0))
             else:
-                outcomes.extend(run_calls([call]))
+                try:
+                    call = pickle.loads(blob)
+                except BaseException as error:  # e.g. a function this process cannot import
+                    error = NotSendable(f"the job cannot be loaded in the worker: {error!r}")
+                    outcomes.append((False, error, 0.0))
+                else:
+                    outcomes.extend(run_calls([call]))
+            if spill is not None and time.perf_counter() - last >= spill_every:
+                segment = dumps_outcomes(outcomes)
+                segments.append(segment)
+                outcomes = []
+                spill = _spilled(spill, SPILL_HEADER.pack(seq, len(segment)) + segment)
+                last = time.perf_counter()
+        if outcomes or not segments:
+            segments.append(dumps_outcomes(outcomes))
         try:
-            conn.send_bytes(dumps_outcomes(outcomes))
+            conn.send_bytes(pickle.dumps(segments, protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):
             return
+
+
+def _open_spill(path: str | None) -> int | None:
+    """The spill file, opened for appending and unlinked (the parent holds it open)."""
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return fd
+
+
+def _spilled(fd: int, record: bytes) -> int | None:
+    """``fd`` after appending ``record`` (empty: after emptying the file).
+
+    None (no more spilling) if that failed or wrote part of it (a full
+    disk): a record cut short could only be the last one.
+    """
+    try:
+        if record:
+            done = os.write(fd, record) == len(record)
+        else:
+            os.ftruncate(fd, 0)
+            done = True
+    except OSError:
+        done = False
+    if not done:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        return None
+    return fd
+
+
+def read_spill(fd: int, seq: int) -> list[Outcome]:
+    """The outcomes of chunk ``seq`` in the spill file ``fd``, in order (see worker_main)."""
+    try:
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+    except OSError:
+        return []
+    outcomes: list[Outcome] = []
+    offset = 0
+    while offset + SPILL_HEADER.size <= len(data):
+        chunk, length = SPILL_HEADER.unpack_from(data, offset)
+        offset += SPILL_HEADER.size
+        if offset + length > len(data):
+            break  # cut short: the process died writing it
+        if chunk == seq:
+            try:
+                outcomes.extend(pickle.loads(data[offset : offset + length]))
+            except Exception:
+                break
+        offset += length
+    return outcomes

@@ -29,6 +29,7 @@ import os
 import pickle
 import select
 import sys
+import tempfile
 import threading
 import weakref
 from collections import deque
@@ -39,7 +40,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from ._checks import check_bool, check_count
 from ._exceptions import Cancelled, NotSendable, WorkerCrashed
-from ._remote import Call, Outcome, failed_outcomes, run_calls, worker_main
+from ._remote import Call, Outcome, failed_outcomes, read_spill, run_calls, worker_main
 from ._token import CancelToken
 
 __all__ = [
@@ -52,6 +53,11 @@ __all__ = [
     "ProcessBackend",
     "ThreadBackend",
 ]
+
+
+# A process worker writes the outcomes of its finished calls to its spill
+# file this often (see worker_main): a crash loses at most this much work's.
+_SPILL_EVERY: Final = 0.001
 
 
 @runtime_checkable
@@ -148,11 +154,16 @@ class Lane(Protocol):
 
 
 class _Worker:
-    __slots__ = ("_poll", "at", "conn", "mark", "process", "sent")
+    __slots__ = ("_poll", "at", "conn", "mark", "process", "sent", "spill", "spill_path")
 
-    def __init__(self, context: Any, calls: Sequence[Call] = ()) -> None:
+    def __init__(
+        self, context: Any, calls: Sequence[Call] = (), spill_every: float = _SPILL_EVERY
+    ) -> None:
         if context.get_start_method() == "forkserver":
             _start_forkserver(calls)
+        # Where the worker spills the outcomes of a chunk's finished calls
+        # (see worker_main); read only when it dies. It unlinks the file.
+        self.spill, self.spill_path = tempfile.mkstemp(prefix="rxpool-outcomes-")
         self.conn, child = context.Pipe()
         # Chunks numbered up to ``mark`` are cancelled: the worker skips their
         # calls not yet started (set from the parent, read before each call).
@@ -162,7 +173,7 @@ class _Worker:
         self.sent = 0  # the number of the last chunk sent
         self.process = context.Process(
             target=worker_main,
-            args=(child, self.mark, self.at),
+            args=(child, self.mark, self.at, self.spill_path, spill_every),
             name="rxpool-process",
             daemon=False,  # so that a job may start processes of its own: see _end_processes
         )
@@ -197,6 +208,18 @@ class _Worker:
             return None
         return data
 
+    def saved(self, seq: int) -> list[Outcome]:
+        """The outcomes of chunk ``seq``'s first calls that the dead process spilled."""
+        return read_spill(self.spill, seq)
+
+    def release(self) -> None:
+        """Close the pipe and the spill file (the process has ended or is ending)."""
+        self.conn.close()
+        with contextlib.suppress(OSError):
+            os.close(self.spill)
+        with contextlib.suppress(OSError):
+            os.unlink(self.spill_path)  # the process died before it did
+
     def died_under(self, seq: int) -> int | None:
         """The index of the call of chunk ``seq`` the dead process ran; None: none had started."""
         index = int(self.at[1])
@@ -212,7 +235,7 @@ class _Worker:
             self.process.kill()
 
     def stop(self, timeout: float) -> None:
-        self.conn.close()  # the worker's recv ends with EOFError: it exits
+        self.release()  # the worker's recv ends with EOFError: it exits
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
@@ -274,10 +297,12 @@ class ProcessBackend:
     the round trip to the slot. A job or a result that cannot be pickled gets
     a `NotSendable` result at once. A process that dies under a job
     (``os._exit``, a segfault, the OOM killer) is replaced; that job gets a
-    `WorkerCrashed` result, and so do the jobs of its chunk that had run
-    (their results died with the process), while the jobs not started yet
-    (the rest of the chunk, the chunk queued behind) go to the new process;
-    with a retry policy crashed jobs are retried. Functions must
+    `WorkerCrashed` result, the jobs of its chunk that had run get theirs
+    (spilled to a file every millisecond; those finished in the last
+    millisecond get a `WorkerCrashed`: their results died with the
+    process), and the jobs not started yet (the rest of the chunk, the
+    chunk queued behind) go to the new process; with a retry policy
+    crashed jobs are retried. Functions must
     be importable by the worker processes (module-level, not lambdas), as
     with `ProcessPoolExecutor`.
 
@@ -354,6 +379,7 @@ class ProcessBackend:
         self._handed: dict[object, _Worker | None] = {}
         self._closed = False
         self.crashes = 0  # processes that died under a chunk and were replaced
+        self._spill_every = _SPILL_EVERY  # seconds (tests set it: see worker_main)
         _backends.add(self)
 
     def warm(self) -> None:
@@ -401,7 +427,7 @@ class ProcessBackend:
                 if worker is not None:
                     return worker
         try:
-            return _Worker(self._context, calls)
+            return _Worker(self._context, calls, self._spill_every)
         except BaseException:
             self._release(None)
             raise
@@ -428,7 +454,7 @@ class ProcessBackend:
     def _discard(self, worker: _Worker) -> None:
         worker.kill()
         worker.process.join(1.0)
-        worker.conn.close()
+        worker.release()
         self._release(None)
 
     def open_lane(self, token: CancelToken) -> Lane:
@@ -739,22 +765,26 @@ class _ProcessLane:
         if data is None:
             sent = self._crashed(chunk)
         else:
-            sent = pickle.loads(data)
+            sent = [o for segment in pickle.loads(data) for o in pickle.loads(segment)]
             self._pump()
         return _merged(len(chunk.calls), chunk.unsent, sent)
 
     def _crashed(self, chunk: _Chunk) -> list[Outcome]:
         """The outcomes of the calls sent in ``chunk``, whose process died under it.
 
-        The call the process died under gets a `WorkerCrashed`; so do the
-        calls before it, which ran but whose outcomes died with the process.
-        The calls after it never started: they run on a new process. If the
-        process died before any call of the chunk started, which call killed
-        it is unknown: each gets a `WorkerCrashed` (raised for the chunk).
+        The call the process died under gets a `WorkerCrashed` (unless the
+        spill file has its outcome: the process died after it). The calls
+        before it ran: their outcomes come from the worker's spill file, and
+        those it had not spilled yet get a `WorkerCrashed` (lost with the
+        process). The calls after it never started: they run on a new
+        process. If the process died before any call of the chunk started,
+        which call killed it is unknown: each gets a `WorkerCrashed` (raised
+        for the chunk).
         """
         worker = self._let_go()
         code = _exit_code(worker)
         under = worker.died_under(chunk.seq)
+        saved = worker.saved(chunk.seq)
         self._backend._discard(worker)
         # The chunks queued behind never started: they go to a new process.
         for queued in self._chunks:
@@ -765,12 +795,14 @@ class _ProcessLane:
         died = f"worker process {worker.process.pid} died (exit code {code})"
         if under is None:
             raise WorkerCrashed(f"{died} while running {len(chunk.blobs)} job(s)")
-        lost = WorkerCrashed(
-            f"{died} while running a later job of the same chunk: this job had run,"
-            " but its result was lost with the process"
-        )
-        outcomes = failed_outcomes(lost, under) if under else []
-        outcomes.append((False, WorkerCrashed(f"{died} while running this job"), 0.0))
+        outcomes = saved[: under + 1]
+        if len(outcomes) <= under:  # the call it died under had not finished
+            lost = WorkerCrashed(
+                f"{died} while running a later job of the same chunk: this job had run,"
+                " but its result was lost with the process"
+            )
+            outcomes += failed_outcomes(lost, under - len(outcomes))
+            outcomes.append((False, WorkerCrashed(f"{died} while running this job"), 0.0))
         rest = chunk.after(under)
         if rest.blobs:
             self._chunks.appendleft(rest)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import multiprocessing
 import os
+import pickle
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -794,14 +797,19 @@ def test_a_crash_fails_only_the_running_chunk_not_the_one_queued_behind() -> Non
         backend.close()
 
 
+@pytest.mark.parametrize("spill_every", [0.0, math.inf])
 def test_a_crash_in_a_chunk_fails_the_job_it_died_under_and_runs_the_rest_once(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spill_every: float
 ) -> None:
     # A chunk of five: the first job has run when the second kills the
-    # process, so its result is lost with it; the last three never started
-    # and run on a new process. Every job runs once (the tally says so).
+    # process; the last three never started and run on a new process. Every
+    # job runs once (the tally says so). The first job's result reaches the
+    # parent through the worker's spill file if it was written there (every
+    # call: 0.0), else it is lost with the process (never: inf).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where spill files go
     runs = tmp_path / "runs"
     backend = ProcessBackend(1, chunk_size=5)
+    backend._spill_every = spill_every
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [Job(_jobs.tally, args=(str(runs), i), id=i) for i in range(4)]
@@ -813,10 +821,15 @@ def test_a_crash_in_a_chunk_fails_the_job_it_died_under_and_runs_the_rest_once(
     results = {r.id: r for r in out.values}
     assert [results[i].value for i in (1, 2, 3)] == [2, 4, 6]
     assert sorted(runs.read_text().split()) == ["0", "1", "2", "3"]
-    lost, died = results[0].error, results["dies"].error
-    assert isinstance(lost, rxpool.WorkerCrashed) and "result was lost" in str(lost)
+    first, died = results[0], results["dies"].error
+    if spill_every == 0.0:
+        assert first.value == 0
+    else:
+        assert isinstance(first.error, rxpool.WorkerCrashed), first
+        assert "result was lost" in str(first.error)
     assert isinstance(died, rxpool.WorkerCrashed) and "while running this job" in str(died)
     assert backend.crashes == 1
+    assert not list(tmp_path.glob("rxpool-outcomes-*"))  # no spill file is left behind
 
 
 @settings(
@@ -826,9 +839,10 @@ def test_a_crash_in_a_chunk_fails_the_job_it_died_under_and_runs_the_rest_once(
     kinds=st.lists(st.sampled_from(["tally", "tally", "tally", "die"]), min_size=1, max_size=12),
     chunk_size=st.integers(1, 5),
     processes=st.integers(1, 2),
+    spill_every=st.sampled_from([0.0, 0.001, math.inf]),
 )
 def test_crashes_in_chunks_give_one_result_a_job_and_run_each_job_at_most_once(
-    tmp_path: Path, kinds: list[str], chunk_size: int, processes: int
+    tmp_path: Path, kinds: list[str], chunk_size: int, processes: int, spill_every: float
 ) -> None:
     runs = tmp_path / f"runs-{os.urandom(4).hex()}"
     runs.touch()
@@ -839,6 +853,7 @@ def test_crashes_in_chunks_give_one_result_a_job_and_run_each_job_at_most_once(
         for i, kind in enumerate(kinds)
     ]
     backend = ProcessBackend(processes, chunk_size=chunk_size)
+    backend._spill_every = spill_every
     try:
         with WorkerPool(processes, backend=backend) as pool:
             out = collect(pool.run(jobs))
@@ -855,16 +870,40 @@ def test_crashes_in_chunks_give_one_result_a_job_and_run_each_job_at_most_once(
         elif result.ok:
             assert result.value == result.id * 2 and result.id in ran
         else:  # it ran, and a job after it in its chunk killed the process
+            assert spill_every > 0.0, result  # spilled after every call, none is lost
             assert isinstance(result.error, rxpool.WorkerCrashed), result
             assert "result was lost" in str(result.error) and result.id in ran
             assert dies & set(range(result.id + 1, result.id + chunk_size)), result
     assert backend.crashes == len(dies)
 
 
+def test_a_spill_file_gives_the_outcomes_of_its_chunk_up_to_a_record_cut_short(
+    tmp_path: Path,
+) -> None:
+    from rxpool._remote import SPILL_HEADER, read_spill
+
+    def record(seq: int, outcomes: list[tuple[bool, object, float]]) -> bytes:
+        segment = pickle.dumps(outcomes)
+        return SPILL_HEADER.pack(seq, len(segment)) + segment
+
+    last = record(2, [(True, 5, 0.0)])
+    data = record(1, [(True, 1, 0.0)]) + record(2, [(True, 3, 0.0), (False, "e", 0.1)]) + last
+    path = tmp_path / "spill"
+    path.write_bytes(data[:-1])  # the process died writing its last record
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert read_spill(fd, 2) == [(True, 3, 0.0), (False, "e", 0.1)]
+        assert read_spill(fd, 1) == [(True, 1, 0.0)]
+        assert read_spill(fd, 3) == []
+    finally:
+        os.close(fd)
+
+
 def test_the_jobs_of_a_crashed_chunk_each_get_a_worker_crashed_of_their_own() -> None:
     # One exception object per result (a note on one stays there), and none
     # carries the traceback of rxpool's frames, which would keep the run alive.
     backend = ProcessBackend(1, chunk_size=4)
+    backend._spill_every = math.inf  # the first three results are lost, not spilled
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(3)]
