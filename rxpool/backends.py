@@ -163,7 +163,11 @@ class _Worker:
             _start_forkserver(calls)
         # Where the worker spills the outcomes of a chunk's finished calls
         # (see worker_main); read only when it dies. It unlinks the file.
-        self.spill, self.spill_path = tempfile.mkstemp(prefix="rxpool-outcomes-")
+        # No temporary directory to write to: no spilling (a crash then
+        # loses the results of every call its chunk had finished).
+        self.spill, self.spill_path = -1, None
+        with contextlib.suppress(OSError):
+            self.spill, self.spill_path = tempfile.mkstemp(prefix="rxpool-outcomes-")
         self.conn, child = context.Pipe()
         # Chunks numbered up to ``mark`` are cancelled: the worker skips their
         # calls not yet started (set from the parent, read before each call).
@@ -210,15 +214,17 @@ class _Worker:
 
     def saved(self, seq: int) -> list[Outcome]:
         """The outcomes of chunk ``seq``'s first calls that the dead process spilled."""
-        return read_spill(self.spill, seq)
+        return read_spill(self.spill, seq) if self.spill >= 0 else []
 
     def release(self) -> None:
         """Close the pipe and the spill file (the process has ended or is ending)."""
         self.conn.close()
-        with contextlib.suppress(OSError):
-            os.close(self.spill)
-        with contextlib.suppress(OSError):
-            os.unlink(self.spill_path)  # the process died before it did
+        if self.spill_path is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.spill)
+            with contextlib.suppress(OSError):
+                os.unlink(self.spill_path)  # the process died before it did
+            self.spill, self.spill_path = -1, None
 
     def died_under(self, seq: int) -> int | None:
         """The index of the call of chunk ``seq`` the dead process ran; None: none had started."""

@@ -899,6 +899,27 @@ def test_a_spill_file_gives_the_outcomes_of_its_chunk_up_to_a_record_cut_short(
         os.close(fd)
 
 
+def test_processes_run_without_a_temporary_directory_to_spill_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError("no temporary directory")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    backend = ProcessBackend(1, chunk_size=3)
+    backend._spill_every = 0.0  # it would spill after every call, if it could
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(2)]
+            jobs.append(Job(_jobs.die, args=(3,), id="dies"))
+            results = {r.id: r for r in collect(pool.run(jobs)).values}
+            assert sorted(pool.map(_jobs.double, range(4))) == [0, 2, 4, 6]
+    finally:
+        backend.close()
+    assert all(isinstance(r.error, rxpool.WorkerCrashed) for r in results.values())
+    assert all("lost with the process" in str(results[i].error) for i in (0, 1))
+
+
 def test_the_jobs_of_a_crashed_chunk_each_get_a_worker_crashed_of_their_own() -> None:
     # One exception object per result (a note on one stays there), and none
     # carries the traceback of rxpool's frames, which would keep the run alive.
