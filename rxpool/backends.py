@@ -154,7 +154,17 @@ class Lane(Protocol):
 
 
 class _Worker:
-    __slots__ = ("_poll", "at", "conn", "mark", "process", "sent", "spill", "spill_path")
+    __slots__ = (
+        "__weakref__",
+        "_poll",
+        "at",
+        "conn",
+        "mark",
+        "process",
+        "sent",
+        "spill",
+        "spill_path",
+    )
 
     def __init__(
         self, context: Any, calls: Sequence[Call] = (), spill_every: float = _SPILL_EVERY
@@ -168,21 +178,25 @@ class _Worker:
         self.spill, self.spill_path = -1, None
         with contextlib.suppress(OSError):
             self.spill, self.spill_path = tempfile.mkstemp(prefix="rxpool-outcomes-")
-        self.conn, child = context.Pipe()
-        # Chunks numbered up to ``mark`` are cancelled: the worker skips their
-        # calls not yet started (set from the parent, read before each call).
-        self.mark = context.RawValue("q", 0)
-        # The chunk and the index of the call the worker runs (or loads) now.
-        self.at = context.RawArray("q", 2)
-        self.sent = 0  # the number of the last chunk sent
-        self.process = context.Process(
-            target=worker_main,
-            args=(child, self.mark, self.at, self.spill_path, spill_every),
-            name="rxpool-process",
-            daemon=False,  # so that a job may start processes of its own: see _end_processes
-        )
-        self.process.start()
-        _track(self.process)
+        try:
+            self.conn, child = context.Pipe()
+            # Chunks numbered up to ``mark`` are cancelled: the worker skips their
+            # calls not yet started (set from the parent, read before each call).
+            self.mark = context.RawValue("q", 0)
+            # The chunk and the index of the call the worker runs (or loads) now.
+            self.at = context.RawArray("q", 2)
+            self.sent = 0  # the number of the last chunk sent
+            self.process = context.Process(
+                target=worker_main,
+                args=(child, self.mark, self.at, self.spill_path, spill_every),
+                name="rxpool-process",
+                daemon=False,  # so that a job may start processes of its own: see _end_processes
+            )
+            self.process.start()
+        except BaseException:
+            self._drop_spill()
+            raise
+        _track(self)
         child.close()
         # The pipe and the process's sentinel, registered once: a wait for the
         # next outcomes is one poll() call (only the thread holding the worker reads).
@@ -219,6 +233,9 @@ class _Worker:
     def release(self) -> None:
         """Close the pipe and the spill file (the process has ended or is ending)."""
         self.conn.close()
+        self._drop_spill()
+
+    def _drop_spill(self) -> None:
         if self.spill_path is not None:
             with contextlib.suppress(OSError):
                 os.close(self.spill)
@@ -250,23 +267,23 @@ class _Worker:
 
 # This process's backends and worker processes, for _end_processes.
 _backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
-_processes: weakref.WeakSet[Any] = weakref.WeakSet()
+_workers: weakref.WeakSet[_Worker] = weakref.WeakSet()
 _ending_in = 0  # the process whose multiprocessing shutdown runs _end_processes
 
 
 def _forget_after_fork() -> None:
     global _ending_in
     _backends.clear()
-    _processes.clear()
+    _workers.clear()
     _ending_in = 0
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _track(process: Any) -> None:
+def _track(worker: _Worker) -> None:
     global _ending_in
-    _processes.add(process)
+    _workers.add(worker)
     if _ending_in != os.getpid():
         _ending_in = os.getpid()
         multiprocessing_util.Finalize(None, _end_processes, exitpriority=10)
@@ -284,14 +301,15 @@ def _end_processes() -> None:
     """
     for backend in list(_backends):
         backend.close()
-    alive = [process for process in list(_processes) if process.is_alive()]
-    for process in alive:
-        process.terminate()
-    for process in alive:
-        process.join(1.0)
-        if process.is_alive():
-            process.kill()
-            process.join(1.0)
+    alive = [worker for worker in list(_workers) if worker.process.is_alive()]
+    for worker in alive:
+        worker.process.terminate()
+    for worker in alive:
+        worker.process.join(1.0)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(1.0)
+        worker.release()  # a spill file it had no time to unlink goes too
 
 
 class ProcessBackend:
