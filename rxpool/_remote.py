@@ -28,6 +28,10 @@ Outcome = tuple[bool, Any, float]
 # A record of a spill file: the chunk's number and the length of the pickled
 # outcomes that follow (see worker_main).
 SPILL_HEADER: Final = struct.Struct("<qI")
+# A segment bigger than this is not spilled (nor, to keep the file in order,
+# the rest of its chunk): a job returning large values would write each one
+# twice, and fill a small temporary directory.
+SPILL_MAX: Final = 1 << 20
 
 
 def run_calls(calls: Sequence[Call]) -> list[Outcome]:
@@ -103,7 +107,8 @@ def worker_main(
     (emptied at each chunk; the parent keeps it open, the worker unlinks
     it): if the process dies, the parent reads from it the outcomes of the
     calls finished before the last ``spill_every`` seconds. A file, not the
-    pipe: a write to it wakes no thread of the parent's.
+    pipe: a write to it wakes no thread of the parent's. A segment over
+    `SPILL_MAX` bytes ends the chunk's spilling.
 
     The objects the process starts with (rxpool, the main module and what it
     imports: tens of thousands in a real program) are frozen first
@@ -124,6 +129,7 @@ def worker_main(
         outcomes: list[Outcome] = []  # finished since the last segment
         if spill is not None:
             spill = _spilled(spill, b"")
+        spilling = spill is not None
         at[1] = -1  # first: a kill between the two writes must not blame an old index
         at[0] = seq
         last = time.perf_counter()
@@ -139,11 +145,15 @@ def worker_main(
                     outcomes.append((False, error, 0.0))
                 else:
                     outcomes.extend(run_calls([call]))
-            if spill is not None and time.perf_counter() - last >= spill_every:
+            if spilling and time.perf_counter() - last >= spill_every:
                 segment = dumps_outcomes(outcomes)
                 segments.append(segment)
                 outcomes = []
-                spill = _spilled(spill, SPILL_HEADER.pack(seq, len(segment)) + segment)
+                if len(segment) > SPILL_MAX:
+                    spilling = False  # the rest of this chunk goes with the chunk only
+                elif spill is not None:
+                    spill = _spilled(spill, SPILL_HEADER.pack(seq, len(segment)) + segment)
+                    spilling = spill is not None
                 last = time.perf_counter()
         if outcomes or not segments:
             segments.append(dumps_outcomes(outcomes))

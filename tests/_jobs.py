@@ -53,6 +53,10 @@ def tally(path: str, x: int) -> int:
     return x * 2
 
 
+def blob(size: int) -> bytes:
+    return b"x" * size
+
+
 def die(code: int) -> None:
     """Kill the worker process under the job, as a segfault or the OOM killer would."""
     os._exit(code)

@@ -899,6 +899,30 @@ def test_a_spill_file_gives_the_outcomes_of_its_chunk_up_to_a_record_cut_short(
         os.close(fd)
 
 
+def test_a_large_result_is_not_spilled_nor_what_follows_it_in_its_chunk() -> None:
+    from rxpool._remote import SPILL_MAX
+
+    backend = ProcessBackend(1, chunk_size=4)
+    backend._spill_every = 0.0  # after every call, but for the large result
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            jobs = [
+                Job(_jobs.double, args=(1,), id="small"),
+                Job(_jobs.blob, args=(SPILL_MAX + 1,), id="large"),
+                Job(_jobs.double, args=(2,), id="after"),
+                Job(_jobs.die, args=(3,), id="dies"),
+            ]
+            results = {r.id: r for r in collect(pool.run(jobs)).values}
+            (big,) = collect(pool.run([Job(_jobs.blob, args=(SPILL_MAX + 1,))])).values
+    finally:
+        backend.close()
+    assert results["small"].value == 2  # spilled before the large one
+    for lost in ("large", "after"):
+        assert "lost with the process" in str(results[lost].error), results[lost]
+    assert "while running this job" in str(results["dies"].error)
+    assert big.value == b"x" * (SPILL_MAX + 1)  # without a crash it comes back whole
+
+
 def test_processes_run_without_a_temporary_directory_to_spill_to(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
