@@ -89,9 +89,7 @@ def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
         return pickle.dumps(checked, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def worker_main(
-    conn: Any, mark: Any, at: Any, spill_path: str | None = None, spill_every: float = 0.001
-) -> None:
+def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_every: float) -> None:
     """A process worker: run chunks from ``conn`` until it closes.
 
     A chunk comes as ``(seq, [pickled call, ...])``; its calls not started yet
