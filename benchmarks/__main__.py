@@ -400,6 +400,14 @@ def asyncio_section(report: Report) -> None:
     )
 
 
+def _best_alternative(medians: dict[str, float]) -> tuple[str, float]:
+    """The fastest of the ProcessPoolExecutor and loky contenders: its name and makespan."""
+    return min(
+        ((name, t) for name, t in medians.items() if "ProcessPool" in name or "loky" in name),
+        key=lambda item: item[1],
+    )
+
+
 def backends_section(report: Report) -> None:
     """CPU-bound work on processes, trivial jobs in chunks, and Dask."""
     from . import backends_bench as bb
@@ -408,10 +416,7 @@ def backends_section(report: Report) -> None:
     cpu, n, cpu_repeats = bb.cpu_bound(s.cpu_jobs, s.cpu_seconds, s.backend_repeats, balanced=True)
     ours = cpu["rxpool WorkerPool.map"]  # the same call as ProcessPoolExecutor.map
     serial = cpu["serial"]
-    best_name, best = min(
-        ((name, t) for name, t in cpu.items() if "ProcessPool" in name or "loky" in name),
-        key=lambda item: item[1],
-    )
+    best_name, best = _best_alternative(cpu)
     rows = [[name, f"{t:.3f}", f"{serial / t:.2f}x"] for name, t in cpu.items()]
     report.target(
         "process backend CPU-bound vs serial", ">= 1.9x", serial / ours, serial / ours >= 1.9
@@ -423,10 +428,7 @@ def backends_section(report: Report) -> None:
     builds, built_n, build_repeats = bb.cpu_bound(
         s.cpu_jobs, s.cpu_seconds, min(5, s.backend_repeats), bb.build
     )
-    build_best_name, build_best = min(
-        ((name, t) for name, t in builds.items() if "ProcessPool" in name or "loky" in name),
-        key=lambda item: item[1],
-    )
+    build_best_name, build_best = _best_alternative(builds)
     build_rows = [
         [name, f"{t:.3f}", f"{builds['serial'] / t:.2f}x", f"{build_best / t:.2f}x"]
         for name, t in builds.items()
