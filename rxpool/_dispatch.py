@@ -13,13 +13,20 @@ from reactivex.scheduler import NewThreadScheduler
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from ._aio import LoopSlots, LoopThread, running_loop
+from ._checks import check_count
 from ._engine import Counters, JobRun, _Run
 from ._intake import Policy
 from ._job import Job, Result
 from ._stats import Tracker
 from ._threads import SchedulerSlots, ThreadRunner, can_block
 from ._token import CancelToken
-from .backends import AsyncioBackend, Backend, ThreadBackend, default_process_backend
+from .backends import (
+    _BACKEND_MEMBERS,
+    AsyncioBackend,
+    Backend,
+    ThreadBackend,
+    default_process_backend,
+)
 
 _T = TypeVar("_T")
 
@@ -74,8 +81,19 @@ def check_backend(backend: object) -> BackendSpec:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or a backend, got {backend!r}")
         return backend  # type: ignore[return-value]
-    if isinstance(backend, ThreadBackend | AsyncioBackend | Backend):
+    if isinstance(backend, ThreadBackend | AsyncioBackend):
         return backend
+    if isinstance(backend, Backend):
+        if backend.chunk_size is not None:
+            check_count(f"{type(backend).__name__}.chunk_size", backend.chunk_size)
+        return backend
+    missing = [name for name in _BACKEND_MEMBERS if not hasattr(backend, name)]
+    if len(missing) < len(_BACKEND_MEMBERS):  # a backend of the caller's own, not quite one
+        raise TypeError(
+            f"backend {type(backend).__name__} lacks {', '.join(missing)}: a Backend has"
+            " run_chunk(calls, token), close() and chunk_size (an int, or None to let"
+            " rxpool size chunks)"
+        )
     raise TypeError(
         f"backend must be one of {BACKENDS} or a backend object (rxpool.backends),"
         f" got {type(backend).__name__}"

@@ -84,6 +84,11 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+# The members of `Backend`, to name the ones an object lacks (a runtime check
+# of the Protocol only says yes or no).
+_BACKEND_MEMBERS: Final = ("run_chunk", "close", "chunk_size")
+
+
 class ThreadBackend:
     """Worker slots are threads (reactivex schedulers, or rxpool's own reused threads).
 

@@ -27,6 +27,7 @@ import rxpool
 from rxpool import Cancelled, CancelToken, Job, JobTimeout, Result, Retry, WorkerPool
 from rxpool import operators as rops
 from rxpool.backends import (
+    _BACKEND_MEMBERS,
     AsyncioBackend,
     Backend,
     DaskBackend,
@@ -254,6 +255,71 @@ def test_backend_names_and_objects() -> None:
         ProcessBackend(2, start_method="teleport")
     with pytest.raises(ValueError, match="start_method='fork' is not supported"):
         ProcessBackend(2, start_method="fork")
+
+
+class _Inline:
+    """A backend of one's own, as the `Backend` Protocol asks: runs each chunk inline."""
+
+    def __init__(self, chunk_size: Any = None) -> None:
+        self.chunk_size = chunk_size
+        self.sizes: list[int] = []
+
+    def run_chunk(self, calls: Any, token: CancelToken) -> list[Any]:
+        self.sizes.append(len(calls))
+        outcomes: list[Any] = []
+        for fn, args, kwargs in calls:
+            try:
+                outcomes.append((True, fn(*args, **kwargs), 0.0))
+            except Exception as error:
+                outcomes.append((False, error, 0.0))
+        return outcomes
+
+    def close(self) -> None:
+        pass
+
+
+def _fail() -> None:
+    raise ValueError("this job fails")
+
+
+class _NoChunkSize:
+    def run_chunk(self, calls: Any, token: CancelToken) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_backend_of_ones_own_runs_jobs_and_a_near_miss_is_told_what_it_lacks() -> None:
+    mine = _Inline(chunk_size=3)
+    with WorkerPool(2, backend=mine) as pool:
+        out = collect(pool.run([Job(abs, args=(-i,), id=i) for i in range(7)] + [Job(_fail)]))
+    assert sorted(r.value for r in out.values if r.ok) == list(range(7))
+    assert [type(r.error) for r in out.values if not r.ok] == [ValueError]
+    assert sum(mine.sizes) == 8 and max(mine.sizes) == 3
+    operator = rops.map_concurrent(_jobs.double, 2, backend=_Inline())
+    assert sorted(collect(reactivex.from_iterable(range(5)).pipe(operator)).values) == [
+        0,
+        2,
+        4,
+        6,
+        8,
+    ]
+    with pytest.raises(TypeError, match=r"backend _NoChunkSize lacks chunk_size: a Backend has"):
+        WorkerPool(2, backend=_NoChunkSize())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"backend _NoChunkSize lacks chunk_size"):
+        rops.map_concurrent(_jobs.double, 2, backend=_NoChunkSize())
+    with pytest.raises(ValueError, match=r"_Inline.chunk_size must be >= 1, got 0"):
+        WorkerPool(2, backend=_Inline(chunk_size=0))
+    with pytest.raises(TypeError, match=r"_Inline.chunk_size must be an int, got str"):
+        WorkerPool(2, backend=_Inline(chunk_size="8"))
+    # The names the message gives are the Protocol's: lacking any one, it is no Backend.
+    for name in _BACKEND_MEMBERS:
+        assert not isinstance(
+            type("Partial", (), dict.fromkeys(set(_BACKEND_MEMBERS) - {name}, _fail))(),
+            Backend,
+        )
+    assert isinstance(type("Whole", (), dict.fromkeys(_BACKEND_MEMBERS, _fail))(), Backend)
 
 
 def test_processes_start_from_a_forkserver_by_default() -> None:
