@@ -926,6 +926,11 @@ class DaskBackend:
         return f"DaskBackend({self.client!r}, chunk_size={self.chunk_size})"
 
 
+# How often a slot waiting for a Dask task looks at the client: a client that
+# closed because it lost its scheduler leaves its futures pending for ever.
+_CLIENT_CHECK_EVERY: Final = 0.5
+
+
 class _DaskTask:
     """A chunk on a `_DaskLane`: its future once submitted, set ``done`` when it is over."""
 
@@ -1035,11 +1040,17 @@ class _DaskLane:
         from distributed import KilledWorker
 
         task = self._tasks.popleft()
-        task.done.wait()
+        while not task.done.wait(_CLIENT_CHECK_EVERY):
+            if self._client.status == "closed":
+                break
         future = task.future
         try:
             if self._token.cancelled:
                 raise self._token.new_error()
+            if not task.done.is_set():
+                raise Cancelled(
+                    "the Dask client closed before the task ended (did it lose its scheduler?)"
+                )
             if task.error is not None:  # it could not be submitted
                 return task.outcomes(failed_outcomes(task.error, len(task.calls)))
             if future is None:  # no call in it could be pickled

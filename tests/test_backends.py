@@ -1134,6 +1134,54 @@ def test_closing_the_dask_client_under_a_run_gives_every_job_a_result(
         assert "closed" in str(r.error).lower()
 
 
+def test_a_dask_run_whose_cluster_closes_under_it_gives_every_job_a_result() -> None:
+    """The client stays open, and closes itself once its scheduler is gone.
+
+    Dask then leaves some futures pending for ever, whose done-callbacks never
+    come (in about half the trials, with four tasks on the cluster): the slots
+    waiting for them must not wait for ever.
+    """
+    from distributed import Client, LocalCluster
+
+    for _ in range(3):
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=4,
+            processes=False,
+            protocol="tcp://",
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        )
+        client = Client(cluster)
+        recorder = Recorder()
+        closer = threading.Thread(target=cluster.close)
+
+        def on_next(
+            result: Result[Any], recorder: Recorder = recorder, closer: threading.Thread = closer
+        ) -> None:
+            recorder.on_next(result)
+            if len(recorder.values) == 1:
+                closer.start()  # not on the slot's thread: close() waits for Dask's threads
+
+        pool = WorkerPool(4, backend=DaskBackend(client, chunk_size=1))
+        try:
+            jobs = [Job(_jobs.sleep_for, args=(0.05 if i == 0 else 0.5,), id=i) for i in range(12)]
+            pool.run(jobs).subscribe(on_next, recorder.on_error, recorder.on_completed)
+            assert recorder.ended.wait(30), "a slot waits for ever for a task of a closed client"
+        finally:
+            pool.close(wait=recorder.ended.is_set())  # a stuck slot would hang close()
+            closer.join(30)
+            client.close()
+        assert not recorder.errors
+        results = recorder.values
+        assert sorted(r.id for r in results) == list(range(12))  # nothing lost
+        assert results[0].ok
+        failed = [r for r in results if not r.ok]
+        assert failed
+        for r in failed:
+            assert "closed" in str(r.error).lower(), r.error
+
+
 def test_each_job_of_a_dask_chunk_that_failed_whole_gets_its_own_error(
     dask_client: Any,
 ) -> None:
