@@ -89,6 +89,23 @@ def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
         return pickle.dumps(checked, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def load_outcomes(segment: bytes, calls: int) -> list[Outcome]:
+    """The outcomes of ``calls`` calls pickled together, as this process loads them.
+
+    A value that pickles in the worker may still fail to load here (its
+    ``__reduce__`` or ``__setstate__`` raises, its class is missing): then
+    each of the calls gets a `NotSendable` saying so, instead of the error
+    ending the run.
+    """
+    try:
+        outcomes: list[Outcome] = pickle.loads(segment)
+    except Exception as error:
+        what = "its result" if calls == 1 else f"the results of {calls} jobs sent back together"
+        failure = NotSendable(f"{what} cannot be loaded in this process: {error!r}")
+        return failed_outcomes(failure, calls)
+    return outcomes
+
+
 def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_every: float) -> None:
     """A process worker: run chunks from ``conn`` until it closes.
 
@@ -99,7 +116,8 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
     before the first), so that if the process dies, the parent knows which
     call it died under: the calls after it never started.
 
-    The outcomes go back as one message a chunk, a list of pickled segments.
+    The outcomes go back as one message a chunk, a list of pickled segments
+    (``(calls, pickled outcomes)`` each: see `load_outcomes`).
     Every ``spill_every`` seconds the outcomes finished since the last
     segment become a segment, also appended to the file at ``spill_path``
     (emptied at each chunk; the parent keeps it open, the worker unlinks
@@ -123,7 +141,7 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
         except (EOFError, OSError):
             return
         seq, blobs = pickle.loads(data)
-        segments: list[bytes] = []
+        segments: list[tuple[int, bytes]] = []
         outcomes: list[Outcome] = []  # finished since the last segment
         if spill is not None:
             spill = _spilled(spill, b"")
@@ -145,7 +163,7 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
                     outcomes.extend(run_calls([call]))
             if spilling and time.perf_counter() - last >= spill_every:
                 segment = dumps_outcomes(outcomes)
-                segments.append(segment)
+                segments.append((len(outcomes), segment))
                 outcomes = []
                 if len(segment) > SPILL_MAX:
                     spilling = False  # the rest of this chunk goes with the chunk only
@@ -154,7 +172,7 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
                     spilling = spill is not None
                 last = time.perf_counter()
         if outcomes or not segments:
-            segments.append(dumps_outcomes(outcomes))
+            segments.append((len(outcomes), dumps_outcomes(outcomes)))
         try:
             conn.send_bytes(pickle.dumps(segments, protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):

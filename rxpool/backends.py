@@ -40,7 +40,15 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from ._checks import check_bool, check_count
 from ._exceptions import Cancelled, NotSendable, WorkerCrashed
-from ._remote import Call, Outcome, failed_outcomes, read_spill, run_calls, worker_main
+from ._remote import (
+    Call,
+    Outcome,
+    failed_outcomes,
+    load_outcomes,
+    read_spill,
+    run_calls,
+    worker_main,
+)
 from ._token import CancelToken
 
 __all__ = [
@@ -794,7 +802,7 @@ class _ProcessLane:
         if data is None:
             sent = self._crashed(chunk)
         else:
-            sent = [o for segment in pickle.loads(data) for o in pickle.loads(segment)]
+            sent = [o for calls, part in pickle.loads(data) for o in load_outcomes(part, calls)]
             self._pump()
         return _merged(len(chunk.calls), chunk.unsent, sent)
 

@@ -26,6 +26,21 @@ def stamp(x: int, seconds: float) -> tuple[int, float, float, int]:
     return x, started, time.time(), os.getpid()
 
 
+def _refuse_to_load() -> None:
+    raise RuntimeError("this value cannot be rebuilt here")
+
+
+class Unloadable:
+    """Pickles anywhere; loading it raises (as a value tied to its process may)."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse_to_load, ())
+
+
+def unloadable_on(x: int, bad: int) -> int | Unloadable:
+    return Unloadable() if x == bad else x
+
+
 def where(x: int) -> tuple[int, int]:
     """The input and the process that ran it."""
     return x, os.getpid()

@@ -570,6 +570,31 @@ def test_unpicklable_job_fails_at_once_with_a_clear_result(processes: ProcessBac
     assert results["fine"].value == 8
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_a_result_this_process_cannot_load_fails_with_a_result_not_the_run(
+    processes: ProcessBackend, chunk_size: int
+) -> None:
+    with WorkerPool(2, backend=processes) as pool:
+        out = collect(
+            pool.run(
+                (Job(_jobs.unloadable_on, args=(i, 2), id=i) for i in range(9)),
+                chunk_size=chunk_size,
+            )
+        )
+    assert not out.errors  # the run goes on
+    results = {r.id: r for r in out.values}
+    assert sorted(results) == list(range(9))
+    assert isinstance(results[2].error, rxpool.NotSendable)
+    assert "cannot be loaded in this process" in str(results[2].error)
+    assert "cannot be rebuilt here" in str(results[2].error)
+    failed = {i for i, r in results.items() if not r.ok}
+    # The results sent back with it (in the same chunk) may share its fate, and say so.
+    assert failed <= {0, 1, 2, 3} if chunk_size == 4 else failed == {2}
+    for i in failed - {2}:
+        assert "sent back together" in str(results[i].error)
+    assert all(results[i].value == i for i in set(range(9)) - failed)
+
+
 @pytest.mark.parametrize(
     "start_method", [m for m in multiprocessing.get_all_start_methods() if m != "fork"]
 )
