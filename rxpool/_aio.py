@@ -17,6 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Protocol, TypeVar
 
+from ._exceptions import job_error
 from ._token import CancelToken
 
 _log: Final = logging.getLogger("rxpool")
@@ -114,10 +115,8 @@ class LoopSlots:
             error: BaseException | None = None
             try:
                 value = call()
-            except Exception as raised:
-                error = raised
             except BaseException as raised:  # reported as a failure, never lost
-                error = RuntimeError(f"the job raised {raised!r}")
+                error = job_error(raised)
             # RuntimeError: the loop closed while the job ran, and nobody waits.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, value, error)

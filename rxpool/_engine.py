@@ -52,6 +52,7 @@ from ._exceptions import (
     JobTimeout,
     WorkerCrashed,
     copy_of,
+    job_error,
 )
 from ._intake import Policy, PriorityBuffer, RateLimiter, evict
 from ._job import Job, Result, is_coroutine_function
@@ -917,8 +918,8 @@ class _Run(Generic[_T, _R]):
         value: Any = None
         try:
             value = self._call(item, token)
-        except Exception as raised:
-            error = raised
+        except BaseException as raised:
+            error = job_error(raised)
         finished = _monotonic()
         if timeout is not None:
             cursor.disarm()
@@ -1552,8 +1553,8 @@ class MapRun(_Run[_T, _R]):
                     if self._stopped:
                         break
                     append(fn(item))
-        except Exception as error:
-            return values, error, False
+        except BaseException as raised:
+            return values, job_error(raised), False
         return values, None, False
 
     def _remote_results(
@@ -1652,7 +1653,8 @@ class JobRun(_Run[Job[Any], Result[Any]]):
                     value = job.fn(*job.args, token=token, **job.kwargs)
                 else:
                     value = job.fn(*job.args, **job.kwargs)
-            except Exception as error:
+            except BaseException as raised:
+                error = job_error(raised)
                 if fail_fast:
                     return results, error, False  # errgroup: the error, not its Result
                 append(Result(None, error, job.descriptor, 1, started, _monotonic()))

@@ -14,12 +14,16 @@ Every rxpool exception derives from `RxPoolError`::
 
 A job's own exception is never wrapped: it becomes `Result.error` unchanged
 (as `Future.result()` would raise it), or reaches `on_error` unchanged in
-`map_concurrent`. Misuse of the API raises `TypeError` / `ValueError`.
+`map_concurrent`. Only what is not an `Exception` (a job calling
+``sys.exit()``, raising ``KeyboardInterrupt`` itself) becomes a
+``RuntimeError`` naming it, on every backend (see `job_error`). Misuse of
+the API raises `TypeError` / `ValueError`.
 """
 
 from __future__ import annotations
 
 import pickle
+import threading
 from typing import TypeVar
 
 __all__ = [
@@ -75,6 +79,23 @@ class NotSendable(RxPoolError, TypeError):
 
 
 _E = TypeVar("_E", bound=BaseException)
+
+
+def job_error(raised: BaseException) -> Exception:
+    """What a job raised, as its error: a stand-in for what is not an `Exception`.
+
+    ``sys.exit()`` in a job must not end a worker thread, nor the run: the
+    job fails, with a ``RuntimeError`` naming what it raised, as on worker
+    processes. A ``KeyboardInterrupt`` on the main thread (a job run there by
+    a caller's scheduler) is Ctrl-C, not the job's: it is raised again.
+    """
+    if isinstance(raised, Exception):
+        return raised
+    if isinstance(raised, KeyboardInterrupt) and threading.current_thread() is (
+        threading.main_thread()
+    ):
+        raise raised
+    return RuntimeError(f"the job raised {raised!r}")
 
 
 def copy_of(error: _E) -> _E:

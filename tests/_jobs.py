@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -39,6 +40,15 @@ class Unloadable:
 
 def unloadable_on(x: int, bad: int) -> int | Unloadable:
     return Unloadable() if x == bad else x
+
+
+def raise_base(x: int) -> int:
+    """Raise what is not an ``Exception``: job 1 calls sys.exit(3), job 2 raises GeneratorExit."""
+    if x == 1:
+        sys.exit(3)
+    if x == 2:
+        raise GeneratorExit
+    return x
 
 
 def where(x: int) -> tuple[int, int]:

@@ -108,6 +108,28 @@ def test_every_job_yields_exactly_one_result(backend: Any, ordered: bool) -> Non
         assert r.started <= r.finished
 
 
+@pytest.mark.parametrize("where", ["thread", "asyncio", "process"])
+def test_a_job_that_exits_or_raises_no_exception_fails_alone(
+    where: str, processes: ProcessBackend
+) -> None:
+    """sys.exit() in a job fails that job, on threads as on processes; the run goes on.
+
+    Not on Dask: its worker does not catch SystemExit, which stops an
+    in-process cluster (a worker process would die: `WorkerCrashed`).
+    """
+    backend: Any = processes if where == "process" else where
+    with WorkerPool(2, backend=backend) as pool:
+        out = collect(pool.run(Job(_jobs.raise_base, args=(i,), id=i) for i in range(5)))
+        fast = collect(pool.run((Job(_jobs.raise_base, args=(1,)),), fail_fast=True))
+    assert not out.errors
+    results = {r.id: r for r in out.values}
+    assert [results[i].value for i in (0, 3, 4)] == [0, 3, 4]
+    for i, name in ((1, "SystemExit"), (2, "GeneratorExit")):
+        assert isinstance(results[i].error, RuntimeError)
+        assert f"the job raised {name}" in str(results[i].error)
+    assert [type(e) for e in fast.errors] == [RuntimeError]  # fail_fast: the run's error
+
+
 def test_at_most_n_jobs_at_once(backend: Any) -> None:
     with WorkerPool(3, backend=backend) as pool:
         jobs = (Job(_jobs.stamp, args=(i, 0.05), id=i) for i in range(12))
