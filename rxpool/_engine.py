@@ -734,8 +734,8 @@ class _Run(Generic[_T, _R]):
                     items.append(self._admit(next(iterator)))
             except StopIteration:
                 exhausted = True
-            except Exception as error:  # the source raised, or gave a non-Job
-                failure = error
+            except BaseException as raised:  # the source raised, or gave a non-Job
+                failure = job_error(raised, "the source")
             return self._pull_end(began, items, exhausted, failure, keep)
         finally:
             self._pull_lock.release()

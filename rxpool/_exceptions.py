@@ -81,8 +81,8 @@ class NotSendable(RxPoolError, TypeError):
 _E = TypeVar("_E", bound=BaseException)
 
 
-def job_error(raised: BaseException) -> Exception:
-    """What a job raised, as its error: a stand-in for what is not an `Exception`.
+def job_error(raised: BaseException, who: str = "the job") -> Exception:
+    """What a job (or ``who``) raised, as its error: a stand-in for what is not an `Exception`.
 
     ``sys.exit()`` in a job must not end a worker thread, nor the run: the
     job fails, with a ``RuntimeError`` naming what it raised, as on worker
@@ -95,7 +95,7 @@ def job_error(raised: BaseException) -> Exception:
         threading.main_thread()
     ):
         raise raised
-    return RuntimeError(f"the job raised {raised!r}")
+    return RuntimeError(f"{who} raised {raised!r}")
 
 
 def copy_of(error: _E) -> _E:

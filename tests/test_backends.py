@@ -114,6 +114,8 @@ def test_a_job_that_exits_or_raises_no_exception_fails_alone(
 ) -> None:
     """sys.exit() in a job fails that job, on threads as on processes; the run goes on.
 
+    In the source, it ends the run as a source's error does, after the jobs taken.
+
     Not on Dask: its worker does not catch SystemExit, which stops an
     in-process cluster (a worker process would die: `WorkerCrashed`).
     """
@@ -128,6 +130,15 @@ def test_a_job_that_exits_or_raises_no_exception_fails_alone(
         assert isinstance(results[i].error, RuntimeError)
         assert f"the job raised {name}" in str(results[i].error)
     assert [type(e) for e in fast.errors] == [RuntimeError]  # fail_fast: the run's error
+
+    def source() -> Iterator[Job[Any]]:
+        yield from (Job(abs, args=(-i,), id=i) for i in range(3))
+        sys.exit(4)
+
+    with WorkerPool(2, backend=backend) as pool:
+        ended = collect(pool.run(source()))
+    assert sorted(r.value for r in ended.values) == [0, 1, 2]  # the jobs taken have results
+    assert [str(e) for e in ended.errors] == ["the source raised SystemExit(4)"]
 
 
 def test_at_most_n_jobs_at_once(backend: Any) -> None:
