@@ -1049,8 +1049,8 @@ class _DaskLane:
 
         task = self._tasks.popleft()
         while not task.done.wait(_CLIENT_CHECK_EVERY):
-            if self._client.status == "closed":
-                break
+            if self._client.status == "closed" or self._token.cancelled:
+                break  # a client that lost its scheduler may never end the future
         future = task.future
         try:
             if self._token.cancelled:
