@@ -179,9 +179,7 @@ class _Worker:
         "spill_path",
     )
 
-    def __init__(
-        self, context: Any, calls: Sequence[Call] = (), spill_every: float = _SPILL_EVERY
-    ) -> None:
+    def __init__(self, context: Any, calls: Sequence[Call], spill_every: float) -> None:
         if context.get_start_method() == "forkserver":
             _start_forkserver(calls)
         # Where the worker spills the outcomes of a chunk's finished calls
