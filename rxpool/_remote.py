@@ -25,9 +25,9 @@ from ._exceptions import Cancelled, NotSendable, copy_of
 Call = tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]]
 Outcome = tuple[bool, Any, float]
 
-# A record of a spill file: the chunk's number and the length of the pickled
-# outcomes that follow (see worker_main).
-SPILL_HEADER: Final = struct.Struct("<qI")
+# A record of a spill file: the chunk's number, how many outcomes follow and
+# the length of their pickle (see worker_main and `load_outcomes`).
+SPILL_HEADER: Final = struct.Struct("<qII")
 # A segment bigger than this is not spilled (nor, to keep the file in order,
 # the rest of its chunk): a job returning large values would write each one
 # twice, and fill a small temporary directory.
@@ -163,12 +163,13 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
                     outcomes.extend(run_calls([call]))
             if spilling and time.perf_counter() - last >= spill_every:
                 segment = dumps_outcomes(outcomes)
+                header = SPILL_HEADER.pack(seq, len(outcomes), len(segment))
                 segments.append((len(outcomes), segment))
                 outcomes = []
                 if len(segment) > SPILL_MAX:
                     spilling = False  # the rest of this chunk goes with the chunk only
                 elif spill is not None:
-                    spill = _spilled(spill, SPILL_HEADER.pack(seq, len(segment)) + segment)
+                    spill = _spilled(spill, header + segment)
                     spilling = spill is not None
                 last = time.perf_counter()
         if outcomes or not segments:
@@ -214,7 +215,11 @@ def _spilled(fd: int, record: bytes) -> int | None:
 
 
 def read_spill(fd: int, seq: int) -> list[Outcome]:
-    """The outcomes of chunk ``seq`` in the spill file ``fd``, in order (see worker_main)."""
+    """The outcomes of chunk ``seq`` in the spill file ``fd``, in order (see worker_main).
+
+    A record that cannot be loaded here gives its calls a `NotSendable` each,
+    as the same outcomes sent through the pipe would (`load_outcomes`).
+    """
     try:
         data = os.pread(fd, os.fstat(fd).st_size, 0)
     except OSError:
@@ -222,14 +227,11 @@ def read_spill(fd: int, seq: int) -> list[Outcome]:
     outcomes: list[Outcome] = []
     offset = 0
     while offset + SPILL_HEADER.size <= len(data):
-        chunk, length = SPILL_HEADER.unpack_from(data, offset)
+        chunk, calls, length = SPILL_HEADER.unpack_from(data, offset)
         offset += SPILL_HEADER.size
         if offset + length > len(data):
             break  # cut short: the process died writing it
         if chunk == seq:
-            try:
-                outcomes.extend(pickle.loads(data[offset : offset + length]))
-            except Exception:
-                break
+            outcomes.extend(load_outcomes(data[offset : offset + length], calls))
         offset += length
     return outcomes

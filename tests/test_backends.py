@@ -1012,19 +1012,61 @@ def test_a_spill_file_gives_the_outcomes_of_its_chunk_up_to_a_record_cut_short(
 
     def record(seq: int, outcomes: list[tuple[bool, object, float]]) -> bytes:
         segment = pickle.dumps(outcomes)
-        return SPILL_HEADER.pack(seq, len(segment)) + segment
+        return SPILL_HEADER.pack(seq, len(outcomes), len(segment)) + segment
 
     last = record(2, [(True, 5, 0.0)])
-    data = record(1, [(True, 1, 0.0)]) + record(2, [(True, 3, 0.0), (False, "e", 0.1)]) + last
+    data = (
+        record(1, [(True, 1, 0.0)])
+        + record(2, [(True, 3, 0.0), (False, "e", 0.1)])
+        + record(2, [(True, _jobs.Unloadable(), 0.0), (True, 4, 0.0)])  # fails to load here
+        + record(2, [(True, 6, 0.0)])
+        + last
+    )
     path = tmp_path / "spill"
     path.write_bytes(data[:-1])  # the process died writing its last record
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert read_spill(fd, 2) == [(True, 3, 0.0), (False, "e", 0.1)]
+        saved = read_spill(fd, 2)
+        assert saved[:2] == [(True, 3, 0.0), (False, "e", 0.1)]
+        # Each call of the record that cannot be loaded has a NotSendable, and
+        # the records after it are still read.
+        assert [ok for ok, _, _ in saved[2:4]] == [False, False]
+        for _, error, _ in saved[2:4]:
+            assert isinstance(error, rxpool.NotSendable)
+            assert "cannot be rebuilt here" in str(error)
+        assert saved[4:] == [(True, 6, 0.0)]
         assert read_spill(fd, 1) == [(True, 1, 0.0)]
         assert read_spill(fd, 3) == []
     finally:
         os.close(fd)
+
+
+def test_a_spilled_result_this_process_cannot_load_fails_alone_when_its_process_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first job's result reaches the parent only through the spill file
+    # (its process dies under the second job) and cannot be loaded here: it
+    # fails with a NotSendable saying why, not as a job lost with the process.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    backend = ProcessBackend(1, chunk_size=4)
+    backend._spill_every = 0.0  # after every call
+    try:
+        with WorkerPool(1, backend=backend) as pool:
+            jobs = [
+                Job(_jobs.unloadable_on, args=(0, 0), id="unloadable"),
+                Job(_jobs.die, args=(3,), id="dies"),
+                Job(_jobs.double, args=(5,), id="after"),
+            ]
+            out = collect(pool.run(jobs, ordered=True))
+    finally:
+        backend.close()
+    assert not out.errors and [r.id for r in out.values] == ["unloadable", "dies", "after"]
+    unloadable, died, after = out.values
+    assert isinstance(unloadable.error, rxpool.NotSendable), unloadable
+    assert "cannot be rebuilt here" in str(unloadable.error)
+    assert isinstance(died.error, rxpool.WorkerCrashed)
+    assert after.value == 10
+    assert backend.crashes == 1
 
 
 def test_a_large_result_is_not_spilled_nor_what_follows_it_in_its_chunk() -> None:
