@@ -16,6 +16,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,6 +195,7 @@ def io_like(report: Report) -> None:
 
     ideal = s.io_jobs * s.io_latency / s.io_workers
     floor = _sleep_floor(s.io_latency, s.io_jobs // s.io_workers)
+    threads_floor = _threads_floor(s.io_latency, s.io_jobs // s.io_workers, s.io_workers)
     opened = {name: cls(s.io_workers) for name, cls in CONTENDERS.items()}
     runs = {name: _bind(c, io_job, s.io_jobs) for name, c in opened.items()}
     try:
@@ -212,7 +214,9 @@ def io_like(report: Report) -> None:
         f"## 2. IO-like jobs (`time.sleep({s.io_latency})`), {s.io_jobs:,} jobs, "
         f"{s.io_workers} workers\n\nIdeal makespan `jobs x latency / workers` = {ideal:.3f} s."
         f" On this machine {s.io_jobs // s.io_workers} sleeps in a row alone take"
-        f" {floor:.3f} s ({floor / ideal:.3f}x): no pool can beat that. Executors, pools"
+        f" {floor:.3f} s ({floor / ideal:.3f}x): no pool can beat that; {s.io_workers} plain"
+        f" threads doing so at once, with no pool, take {threads_floor:.3f} s"
+        f" ({threads_floor / ideal:.3f}x), the median of 5. Executors, pools"
         " and schedulers are created once and warmed, as a service keeps them;"
         " `map_concurrent` takes threads from rxpool's cache (idle ones exit after 1 s),"
         " and the contenders run in an order that brings it back within the second. The"
@@ -459,7 +463,13 @@ def backends_section(report: Report) -> None:
         " chunks), is shown for reference. The ratios of this section sit close to 1, so it"
         f" takes the median of {cpu_repeats} repetitions: whole cycles of orders in which"
         " each contender runs right after each other one equally often (a run right"
-        " after the serial one is slower).\n\n"
+        " after the serial one is slower). That does not even out a noise of another"
+        " kind: how fast a process runs the same pure-Python loop depends on where"
+        " CPython's allocator puts its small objects, which differs from process to"
+        " process (in one process, keeping a few more small ints alive made `cpu` 8 to 15%"
+        " faster). Each contender's worker processes are one draw of it, kept for the"
+        " whole section, so these ratios move by a few % from one run of the suite to the"
+        " next.\n\n"
         + table(["contender", "makespan (s)", "vs serial"], rows)
         + f"\n\nCPU-bound jobs that allocate: {s.cpu_jobs} calls of `build({built_n:,})`,"
         f" which makes dicts and lists (calibrated at {s.cpu_seconds * 1000:.0f} ms each;"
@@ -615,6 +625,33 @@ def _sleep_floor(latency: float, count: int) -> float:
         return time.perf_counter() - started
 
     return statistics.median(once() for _ in range(3))
+
+
+def _threads_floor(latency: float, count: int, threads: int) -> float:
+    """Median time of ``threads`` plain threads, each sleeping ``count`` times in a row.
+
+    No pool, no queue, no results: what waking that many threads that often
+    costs on this machine (each wake-up takes the GIL).
+    """
+
+    def once() -> float:
+        start = threading.Barrier(threads + 1)
+
+        def sleeper() -> None:
+            start.wait()
+            for _ in range(count):
+                time.sleep(latency)
+
+        workers = [threading.Thread(target=sleeper) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        start.wait()
+        started = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        return time.perf_counter() - started
+
+    return statistics.median(once() for _ in range(5))
 
 
 def plots(report: Report, out: Path) -> None:
