@@ -16,6 +16,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -751,7 +752,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: prove the suite runs")
     parser.add_argument(
-        "--output", type=Path, default=ROOT / "docs", help="where performance.md and img/ go"
+        "--output",
+        type=Path,
+        default=None,
+        help="where performance.md and img/ go (default: docs/; with --tiny, a new"
+        " temporary directory, so that tiny figures never replace the real ones)",
     )
     parser.add_argument(
         "--only",
@@ -767,9 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         _print_targets(report)
         return 0
-    plots(report, args.output)
+    output: Path = args.output
+    if output is None:
+        output = Path(tempfile.mkdtemp(prefix="rxpool-benchmarks-")) if args.tiny else ROOT / "docs"
+    plots(report, output)
     command = "python -m benchmarks" + (" --tiny" if args.tiny else "")
-    write(report, args.output, command)
+    write(report, output, command)
     _print_targets(report)
     return 0
 
