@@ -72,21 +72,48 @@ def _portable(error: BaseException) -> BaseException:
     return error
 
 
-def dumps_outcomes(outcomes: list[Outcome]) -> bytes:
+def run_calls_sent(calls: Sequence[Call]) -> bytes:
+    """`run_calls` for a Dask task: the outcomes come back pickled by the worker.
+
+    So a value that cannot be pickled fails its own call with a `NotSendable`
+    (`dumps_outcomes`), not the whole chunk with the cluster's serialization
+    error, and a value that cannot be loaded in the program fails the chunk
+    it came back with (`load_outcomes`), not the gather of other tasks. A
+    value plain pickle refuses (a lambda, a class defined in a function) goes
+    with cloudpickle, as Dask would send it.
+    """
+    return dumps_outcomes(run_calls(calls), _cloud_dumps)
+
+
+def _dumps(value: object) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _cloud_dumps(value: object) -> bytes:
+    try:
+        return _dumps(value)
+    except Exception:
+        import cloudpickle  # a dependency of distributed, on every Dask worker
+
+        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
+
+
+def dumps_outcomes(outcomes: list[Outcome], dumps: Callable[[object], bytes] = _dumps) -> bytes:
     """Pickle outcomes; a value that cannot be pickled becomes that call's `NotSendable`."""
     try:
-        return pickle.dumps(outcomes, protocol=pickle.HIGHEST_PROTOCOL)
+        return dumps(outcomes)
     except Exception:
         checked: list[Outcome] = []
         for ok, value, seconds in outcomes:
             try:
-                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                dumps(value)
             except Exception as error:
                 what = "result" if ok else "exception"
                 value = NotSendable(f"the job's {what} cannot be sent back: {error!r}")
                 ok = False
             checked.append((ok, value, seconds))
-        return pickle.dumps(checked, protocol=pickle.HIGHEST_PROTOCOL)
+        return dumps(checked)
 
 
 def load_outcomes(segment: bytes, calls: int) -> list[Outcome]:

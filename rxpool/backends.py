@@ -47,6 +47,7 @@ from ._remote import (
     load_outcomes,
     read_spill,
     run_calls,
+    run_calls_sent,
     worker_main,
 )
 from ._token import CancelToken
@@ -973,6 +974,23 @@ class _DaskTask:
         return _merged(self.size, self.unsent, sent)
 
 
+def _not_brought_back(error: Exception) -> NotSendable:
+    """The `NotSendable` of a finished task whose value the client could not get.
+
+    Dask pickles a task's value on the worker and loads it here: either can
+    fail (a value that refuses pickling, one whose ``__setstate__`` raises
+    here). Chunks come back as bytes, so this only fails a task of one call.
+    """
+    lines = str(error).strip().splitlines()
+    said = f"{type(error).__name__}: {lines[0]}" if lines else repr(error)
+    failure = NotSendable(
+        "the job's result cannot be sent back from the Dask worker"
+        f" or loaded in this process: {said}"
+    )
+    failure.__cause__ = error
+    return failure
+
+
 class _DaskLane:
     """A `Lane` on a `DaskBackend`: one task on the cluster, the next held here.
 
@@ -1010,7 +1028,7 @@ class _DaskLane:
                         fn, args, _ = task.calls[0]
                         task.future = self._client.submit(fn, *args, pure=False)
                     else:
-                        task.future = self._client.submit(run_calls, task.calls, pure=False)
+                        task.future = self._client.submit(run_calls_sent, task.calls, pure=False)
                     if self._token.cancelled:  # the cancel came while it was submitted
                         task.future.cancel()
                     task.future.add_done_callback(lambda _, task=task: self._ended(task))
@@ -1074,11 +1092,13 @@ class _DaskLane:
                     raise Cancelled(
                         "the Dask task was cancelled outside the run (was its client closed?)"
                     ) from None
+                if future.status == "finished":  # the task ended; its value did not come back
+                    error = _not_brought_back(error)
                 # Its own time is not known.
                 return task.outcomes(failed_outcomes(error, len(task.calls)))
             if task.single:
                 return [(True, value, 0.0)]
-            return task.outcomes(value)
+            return task.outcomes(load_outcomes(value, len(task.calls)))
         finally:
             if future is not None and future.status != "finished":
                 # Cancelled or failed: let the cluster forget it now. A finished

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -105,6 +106,11 @@ class Unpicklable:
 
 def unpicklable_result(x: int) -> Unpicklable:
     return Unpicklable()
+
+
+def adder(x: int) -> Callable[[int], int]:
+    """A result plain pickle refuses (a lambda) and cloudpickle sends."""
+    return lambda y: x + y
 
 
 def touch(path: str) -> str:

@@ -607,29 +607,54 @@ def test_unpicklable_job_fails_at_once_with_a_clear_result(processes: ProcessBac
     assert results["fine"].value == 8
 
 
+@pytest.fixture(params=["process", "dask"])
+def remote(request: pytest.FixtureRequest) -> Any:
+    """A backend whose jobs' results are pickled in a worker and loaded here."""
+    if request.param == "process":
+        return request.getfixturevalue("processes")
+    return DaskBackend(request.getfixturevalue("dask_client"))
+
+
 @pytest.mark.parametrize("chunk_size", [1, 4])
-def test_a_result_this_process_cannot_load_fails_with_a_result_not_the_run(
-    processes: ProcessBackend, chunk_size: int
+def test_a_result_that_cannot_come_back_fails_its_job_with_a_result_not_the_run(
+    remote: Any, chunk_size: int
 ) -> None:
-    with WorkerPool(2, backend=processes) as pool:
-        out = collect(
-            pool.run(
-                (Job(_jobs.unloadable_on, args=(i, 2), id=i) for i in range(9)),
-                chunk_size=chunk_size,
-            )
-        )
+    # Job 2's result pickles in the worker and fails to load here; job 6's
+    # refuses to be pickled at all.
+    jobs = (
+        Job(_jobs.unpicklable_result, args=(i,), id=i)
+        if i == 6
+        else Job(_jobs.unloadable_on, args=(i, 2), id=i)
+        for i in range(9)
+    )
+    with WorkerPool(2, backend=remote) as pool:
+        out = collect(pool.run(jobs, chunk_size=chunk_size))
     assert not out.errors  # the run goes on
     results = {r.id: r for r in out.values}
     assert sorted(results) == list(range(9))
-    assert isinstance(results[2].error, rxpool.NotSendable)
-    assert "cannot be loaded in this process" in str(results[2].error)
+    for i in (2, 6):
+        assert isinstance(results[i].error, rxpool.NotSendable), results[i]
     assert "cannot be rebuilt here" in str(results[2].error)
+    assert "sent back" in str(results[6].error)
     failed = {i for i, r in results.items() if not r.ok}
-    # The results sent back with it (in the same chunk) may share its fate, and say so.
-    assert failed <= {0, 1, 2, 3} if chunk_size == 4 else failed == {2}
-    for i in failed - {2}:
+    # Only the results sent back with job 2's (in the same chunk) may share
+    # its fate, and say so; a result that cannot be pickled fails alone.
+    assert failed <= {0, 1, 2, 3, 6} if chunk_size == 4 else failed == {2, 6}
+    for i in failed - {2, 6}:
+        assert isinstance(results[i].error, rxpool.NotSendable)
         assert "sent back together" in str(results[i].error)
     assert all(results[i].value == i for i in set(range(9)) - failed)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_a_dask_job_may_return_what_only_cloudpickle_sends(
+    dask_client: Any, chunk_size: int
+) -> None:
+    # A lambda comes back from raw client.submit; it does from a chunk too.
+    with WorkerPool(2, backend=DaskBackend(dask_client, chunk_size=chunk_size)) as pool:
+        out = collect(pool.run(Job(_jobs.adder, args=(i,), id=i) for i in range(6)))
+    assert not out.errors
+    assert sorted((r.id, r.value(10)) for r in out.values) == [(i, i + 10) for i in range(6)]
 
 
 @pytest.mark.parametrize(
