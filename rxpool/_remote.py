@@ -72,6 +72,26 @@ def _portable(error: BaseException) -> BaseException:
     return error
 
 
+def run_one(fn: Callable[..., Any], /, *args: Any) -> Any:
+    """A Dask task of one call: ``fn(*args)``, as `run_calls` runs it.
+
+    Dask catches only `Exception` in a task: a job's ``sys.exit()`` would
+    stop an in-process cluster, or kill a worker process. Here it fails the
+    job with a `RuntimeError` naming it, as on every other backend. The
+    job's own exception is raised as it is, for Dask to send back with its
+    traceback, and a coroutine is run to its end, as in a chunk.
+    """
+    try:
+        value = fn(*args)
+        if inspect.iscoroutine(value):
+            value = asyncio.run(value)
+    except Exception:
+        raise
+    except BaseException as error:  # SystemExit, GeneratorExit, KeyboardInterrupt in the job
+        raise _portable(error) from None
+    return value
+
+
 def run_calls_sent(calls: Sequence[Call]) -> bytes:
     """`run_calls` for a Dask task: the outcomes come back pickled by the worker.
 

@@ -31,6 +31,7 @@ import select
 import sys
 import tempfile
 import threading
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,7 @@ from ._remote import (
     read_spill,
     run_calls,
     run_calls_sent,
+    run_one,
     worker_main,
 )
 from ._token import CancelToken
@@ -946,8 +948,9 @@ class _DaskTask:
     def __init__(self, calls: Sequence[Call]) -> None:
         self.calls = list(calls)  # the calls to submit
         self.size = len(self.calls)
-        # One plain call goes as itself (as a hand-written client.submit would);
-        # a chunk goes as one task that runs its calls and returns their outcomes.
+        # One plain call goes with its arguments (as a hand-written client.submit
+        # sends it), run by `run_one`; a chunk goes as one task that runs its
+        # calls and returns their outcomes pickled (`run_calls_sent`).
         self.single = self.size == 1 and not self.calls[0][2]
         self.unsent: dict[int, Outcome] = {}  # by index: calls that could not be pickled
         self.future: Any = None
@@ -972,6 +975,22 @@ class _DaskTask:
     def outcomes(self, sent: list[Outcome]) -> list[Outcome]:
         """Every call's outcome, in order: ``sent`` for the calls submitted."""
         return _merged(self.size, self.unsent, sent)
+
+
+def _task_key(calls: Sequence[Call]) -> str:
+    """A new Dask key named as ``client.submit(fn, ..., pure=False)`` names it.
+
+    So the dashboard groups a run's tasks by their job function (``double``),
+    not by rxpool's wrapper; a chunk of several functions is ``rxpool-chunk``.
+    """
+    from dask.utils import funcname
+
+    first = calls[0][0]
+    name = "rxpool-chunk"
+    if all(fn is first for fn, _, _ in calls):
+        with contextlib.suppress(Exception):  # a callable object whose str() raises
+            name = funcname(first)
+    return f"{name}-{uuid.uuid4()}"
 
 
 def _not_brought_back(error: Exception) -> NotSendable:
@@ -1024,11 +1043,12 @@ class _DaskLane:
         while task is not None:
             if not self._token.cancelled and task.calls:
                 try:
+                    key = _task_key(task.calls)
                     if task.single:
                         fn, args, _ = task.calls[0]
-                        task.future = self._client.submit(fn, *args, pure=False)
+                        task.future = self._client.submit(run_one, fn, *args, key=key)
                     else:
-                        task.future = self._client.submit(run_calls_sent, task.calls, pure=False)
+                        task.future = self._client.submit(run_calls_sent, task.calls, key=key)
                     if self._token.cancelled:  # the cancel came while it was submitted
                         task.future.cancel()
                     task.future.add_done_callback(lambda _, task=task: self._ended(task))

@@ -108,27 +108,29 @@ def test_every_job_yields_exactly_one_result(backend: Any, ordered: bool) -> Non
         assert r.started <= r.finished
 
 
-@pytest.mark.parametrize("where", ["thread", "asyncio", "process"])
-def test_a_job_that_exits_or_raises_no_exception_fails_alone(
-    where: str, processes: ProcessBackend
-) -> None:
-    """sys.exit() in a job fails that job, on threads as on processes; the run goes on.
+def test_a_job_that_exits_or_raises_no_exception_fails_alone(backend: Any) -> None:
+    """sys.exit() in a job fails that job on every backend; the run goes on.
 
+    On Dask too, alone in a task or in a chunk: Dask catches only
+    `Exception`, and a job's SystemExit would stop an in-process cluster.
     In the source, it ends the run as a source's error does, after the jobs taken.
-
-    Not on Dask: its worker does not catch SystemExit, which stops an
-    in-process cluster (a worker process would die: `WorkerCrashed`).
     """
-    backend: Any = processes if where == "process" else where
+    remote = not isinstance(backend, str)
     with WorkerPool(2, backend=backend) as pool:
-        out = collect(pool.run(Job(_jobs.raise_base, args=(i,), id=i) for i in range(5)))
+        for chunk_size in (1, 3) if remote else (None,):
+            out = collect(
+                pool.run(
+                    (Job(_jobs.raise_base, args=(i,), id=i) for i in range(5)),
+                    chunk_size=chunk_size,
+                )
+            )
+            assert not out.errors
+            results = {r.id: r for r in out.values}
+            assert [results[i].value for i in (0, 3, 4)] == [0, 3, 4]
+            for i, name in ((1, "SystemExit"), (2, "GeneratorExit")):
+                assert isinstance(results[i].error, RuntimeError)
+                assert f"the job raised {name}" in str(results[i].error)
         fast = collect(pool.run((Job(_jobs.raise_base, args=(1,)),), fail_fast=True))
-    assert not out.errors
-    results = {r.id: r for r in out.values}
-    assert [results[i].value for i in (0, 3, 4)] == [0, 3, 4]
-    for i, name in ((1, "SystemExit"), (2, "GeneratorExit")):
-        assert isinstance(results[i].error, RuntimeError)
-        assert f"the job raised {name}" in str(results[i].error)
     assert [type(e) for e in fast.errors] == [RuntimeError]  # fail_fast: the run's error
 
     def source() -> Iterator[Job[Any]]:
@@ -644,6 +646,21 @@ def test_a_result_that_cannot_come_back_fails_its_job_with_a_result_not_the_run(
         assert isinstance(results[i].error, rxpool.NotSendable)
         assert "sent back together" in str(results[i].error)
     assert all(results[i].value == i for i in set(range(9)) - failed)
+
+
+def test_dask_tasks_are_named_after_their_jobs_function(dask_client: Any) -> None:
+    from distributed import get_task_stream
+
+    def keys(chunk_size: int, fns: list[Any]) -> set[str]:
+        backend = DaskBackend(dask_client, chunk_size=chunk_size)
+        with get_task_stream(dask_client) as stream, WorkerPool(1, backend=backend) as pool:
+            out = collect(pool.run(Job(fn, args=(3,)) for fn in fns))
+        assert [r.value for r in out.values] == [fn(3) for fn in fns]
+        return {str(task["key"]).rsplit("-", 5)[0] for task in stream.data}
+
+    assert keys(1, [_jobs.double, abs]) == {"double", "abs"}  # as client.submit names them
+    assert keys(2, [_jobs.double, _jobs.double]) == {"double"}
+    assert keys(2, [_jobs.double, abs]) == {"rxpool-chunk"}
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4])
