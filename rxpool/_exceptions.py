@@ -16,9 +16,8 @@ A job's own exception is never wrapped: it becomes `Result.error` unchanged
 (as `Future.result()` would raise it), or reaches `on_error` unchanged in
 `map_concurrent`. Only what is not an `Exception` (a job calling
 ``sys.exit()``, raising ``KeyboardInterrupt`` itself) becomes a
-``RuntimeError`` naming it, on threads, the asyncio backend and processes
-(see `job_error`; Dask's own workers do not catch it). Misuse of the API
-raises `TypeError` / `ValueError`.
+``RuntimeError`` naming it, on every backend (see `job_error`). Misuse of
+the API raises `TypeError` / `ValueError`.
 """
 
 from __future__ import annotations

@@ -34,8 +34,15 @@ SPILL_HEADER: Final = struct.Struct("<qII")
 SPILL_MAX: Final = 1 << 20
 
 
-def run_calls(calls: Sequence[Call]) -> list[Outcome]:
-    """Run each call in order; an exception is that call's outcome, not the chunk's."""
+def run_calls(calls: Sequence[Call], *, sent: bool = False) -> list[Outcome]:
+    """Run each call in order; an exception is that call's outcome, not the chunk's.
+
+    ``sent``: the outcomes are to be pickled and sent to another process: an
+    exception gets the worker's traceback as a note and is made fit to cross
+    (`_portable`). Either way, what is not an `Exception` (a job's
+    ``sys.exit()``) becomes a `RuntimeError` naming it: it must end neither
+    the worker nor the program that gets it.
+    """
     outcomes: list[Outcome] = []
     for fn, args, kwargs in calls:
         started = time.perf_counter()
@@ -43,8 +50,11 @@ def run_calls(calls: Sequence[Call]) -> list[Outcome]:
             value = fn(*args, **kwargs)
             if inspect.iscoroutine(value):
                 value = asyncio.run(value)
+        except Exception as error:
+            failure = _portable(error) if sent else error
+            outcomes.append((False, failure, time.perf_counter() - started))
         except BaseException as error:  # SystemExit in a job must not end the worker
-            outcomes.append((False, _portable(error), time.perf_counter() - started))
+            outcomes.append((False, _exit_error(error), time.perf_counter() - started))
         else:
             outcomes.append((True, value, time.perf_counter() - started))
     return outcomes
@@ -55,20 +65,85 @@ def failed_outcomes(error: Exception, calls: int) -> list[Outcome]:
     return [(False, error if index == 0 else copy_of(error), 0.0) for index in range(calls)]
 
 
-def _portable(error: BaseException) -> BaseException:
-    """The error with the worker's traceback as a note, or a stand-in if it cannot be pickled."""
-    remote = "".join(traceback.format_exception(error)).rstrip()
-    try:
+def _exit_error(error: BaseException) -> RuntimeError:
+    """The job's error for what it raised that is not an `Exception` (``SystemExit``...)."""
+    stand_in = RuntimeError(f"the job raised {type(error).__name__}: {error}")
+    stand_in.add_note(f"where it ran:\n{_traceback_of(error)}")
+    return stand_in
+
+
+def _traceback_of(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error)).rstrip()
+
+
+def _portable(error: Exception) -> object:
+    """The error, with the worker's traceback as a note, in a form fit to cross back.
+
+    An exception pickle cannot rebuild (its ``__init__`` takes arguments
+    besides ``args``, as many libraries' errors do, and loading one calls
+    ``type(error)(*error.args)``) crosses as its own type all the same, in a
+    `_Carried`, which loads as the exception rebuilt without ``__init__``.
+    Only one that cannot cross even so (its class cannot be imported, its
+    ``args`` cannot be pickled) becomes a `RuntimeError` naming it.
+    """
+    remote = _traceback_of(error)
+    with contextlib.suppress(Exception):
         error.add_note(f"in the worker:\n{remote}")
-        pickle.loads(pickle.dumps(error))
+        if _crosses(error):
+            return error
+        carried = _Carried(error)
+        if _crosses(carried):
+            return carried
+    stand_in = RuntimeError(f"{type(error).__name__}: {error}")
+    stand_in.add_note(f"in the worker (the original exception cannot be pickled):\n{remote}")
+    return stand_in
+
+
+def _crosses(value: object) -> bool:
+    """Whether ``value`` pickles and loads again (here: the program has the same classes)."""
+    try:
+        pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:
-        stand_in = RuntimeError(f"{type(error).__name__}: {error}")
-        stand_in.add_note(f"in the worker (the original exception cannot be pickled):\n{remote}")
-        return stand_in
-    if not isinstance(error, Exception):  # e.g. SystemExit, KeyboardInterrupt in the job
-        stand_in = RuntimeError(f"the job raised {type(error).__name__}: {error}")
-        stand_in.add_note(f"in the worker:\n{remote}")
-        return stand_in
+        return False
+    return True
+
+
+def _sendable_state(error: BaseException) -> dict[str, Any]:
+    """``error``'s attributes less those that do not cross, which a note names."""
+    state: dict[str, Any] = {}
+    left: list[str] = []
+    for name, value in vars(error).items():
+        if _crosses(value):
+            state[name] = value
+        else:
+            left.append(name)
+    if left:
+        note = f"not sent back from the worker (they cannot be pickled): {', '.join(left)}"
+        state["__notes__"] = [*state.get("__notes__", ()), note]
+    return state
+
+
+class _Carried:
+    """An exception on its way back, pickled as `_rebuilt` rebuilds it.
+
+    Not an exception itself: a reducer registered for every exception class
+    (``tblib``'s, which Dask installs) would come before the exception's own.
+    """
+
+    __slots__ = ("reduced",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.reduced = (_rebuilt, (type(error), error.args, _sendable_state(error)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.reduced
+
+
+def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """An exception of ``cls`` with these ``args`` and attributes, not calling ``__init__``."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    vars(error).update(state)
     return error
 
 
@@ -78,17 +153,23 @@ def run_one(fn: Callable[..., Any], /, *args: Any) -> Any:
     Dask catches only `Exception` in a task: a job's ``sys.exit()`` would
     stop an in-process cluster, or kill a worker process. Here it fails the
     job with a `RuntimeError` naming it, as on every other backend. The
-    job's own exception is raised as it is, for Dask to send back with its
-    traceback, and a coroutine is run to its end, as in a chunk.
+    job's own exception is raised for Dask to send back with its traceback,
+    less the attributes that cannot be pickled (Dask would send a bare
+    `Exception` instead); a coroutine is run to its end, as in a chunk.
     """
     try:
         value = fn(*args)
         if inspect.iscoroutine(value):
             value = asyncio.run(value)
-    except Exception:
+    except Exception as error:
+        if not _crosses(error):
+            with contextlib.suppress(Exception):
+                state = _sendable_state(error)
+                vars(error).clear()
+                vars(error).update(state)
         raise
     except BaseException as error:  # SystemExit, GeneratorExit, KeyboardInterrupt in the job
-        raise _portable(error) from None
+        raise _exit_error(error) from None
     return value
 
 
@@ -102,7 +183,7 @@ def run_calls_sent(calls: Sequence[Call]) -> bytes:
     value plain pickle refuses (a lambda, a class defined in a function) goes
     with cloudpickle, as Dask would send it.
     """
-    return dumps_outcomes(run_calls(calls), _cloud_dumps)
+    return dumps_outcomes(run_calls(calls, sent=True), _cloud_dumps)
 
 
 def _dumps(value: object) -> bytes:
@@ -207,7 +288,7 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
                     error = NotSendable(f"the job cannot be loaded in the worker: {error!r}")
                     outcomes.append((False, error, 0.0))
                 else:
-                    outcomes.extend(run_calls([call]))
+                    outcomes.extend(run_calls([call], sent=True))
             if spilling and time.perf_counter() - last >= spill_every:
                 segment = dumps_outcomes(outcomes)
                 header = SPILL_HEADER.pack(seq, len(outcomes), len(segment))

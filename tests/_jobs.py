@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -164,3 +165,20 @@ def nested(n: int) -> tuple[list[int], list[tuple[int, int]], bool]:
         .run()
     )
     return doubled, sorted(pairs), multiprocessing.current_process().daemon
+
+
+class NeedsCode(Exception):
+    """An error whose ``__init__`` takes more than its message: pickle cannot rebuild it."""
+
+    def __init__(self, message: str, code: int, *, lock: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.lock = lock
+
+
+def raise_needs_code(x: int) -> int:
+    if x == 1:
+        raise NeedsCode("refused", 403)
+    if x == 2:
+        raise NeedsCode("locked", 423, lock=threading.Lock())
+    return x

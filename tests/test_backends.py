@@ -648,6 +648,28 @@ def test_a_result_that_cannot_come_back_fails_its_job_with_a_result_not_the_run(
     assert all(results[i].value == i for i in set(range(9)) - failed)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_a_job_error_pickle_cannot_rebuild_comes_back_as_its_own_type(
+    remote: Any, chunk_size: int
+) -> None:
+    # Loading a NeedsCode calls NeedsCode("refused"), which lacks `code`: it
+    # still comes back as a NeedsCode, with its attributes but those that
+    # cannot be pickled (named in a note), and its chunk-mates' results.
+    with WorkerPool(2, backend=remote) as pool:
+        jobs = (Job(_jobs.raise_needs_code, args=(i,), id=i) for i in range(6))
+        out = collect(pool.run(jobs, chunk_size=chunk_size))
+    assert not out.errors
+    results = {r.id: r for r in out.values}
+    assert [results[i].value for i in (0, 3, 4, 5)] == [0, 3, 4, 5]
+    refused, locked = results[1].error, results[2].error
+    assert isinstance(refused, _jobs.NeedsCode), refused
+    assert (refused.args, refused.code, refused.lock) == (("refused",), 403, None)
+    assert isinstance(locked, _jobs.NeedsCode), locked
+    assert (str(locked), locked.code, hasattr(locked, "lock")) == ("locked", 423, False)
+    notes = "\n".join(getattr(locked, "__notes__", []))
+    assert "cannot be pickled): lock" in notes
+
+
 def test_dask_tasks_are_named_after_their_jobs_function(dask_client: Any) -> None:
     from distributed import get_task_stream
 
