@@ -67,7 +67,7 @@ def failed_outcomes(error: Exception, calls: int) -> list[Outcome]:
 
 def _exit_error(error: BaseException) -> RuntimeError:
     """The job's error for what it raised that is not an `Exception` (``SystemExit``...)."""
-    stand_in = RuntimeError(f"the job raised {type(error).__name__}: {error}")
+    stand_in = RuntimeError(f"the job raised {error!r}")  # as `job_error` says it on threads
     stand_in.add_note(f"where it ran:\n{_traceback_of(error)}")
     return stand_in
 
