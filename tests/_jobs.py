@@ -182,3 +182,11 @@ def raise_needs_code(x: int) -> int:
     if x == 2:
         raise NeedsCode("locked", 423, lock=threading.Lock())
     return x
+
+
+def raise_with(kind: str, attributes: dict[str, object]) -> None:
+    """Raise a ValueError or a NeedsCode carrying these attributes."""
+    error = ValueError("m") if kind == "ValueError" else NeedsCode("m", 1)
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    raise error
