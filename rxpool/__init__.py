@@ -24,6 +24,7 @@ from ._exceptions import (
 from ._job import Job, JobDescriptor, Result
 from ._pool import WorkerPool
 from ._retry import Retry
+from ._stats import Statistics
 from ._token import CancelToken
 from .bridges import aiter, gather, iterate, last
 
@@ -43,6 +44,7 @@ __all__ = [
     "Result",
     "Retry",
     "RxPoolError",
+    "Statistics",
     "WorkerCrashed",
     "WorkerPool",
     "__version__",

@@ -208,6 +208,9 @@ class _Run(Generic[_T, _R]):
         self._inflight: dict[int, Any] = {}  # tracked runs: seq -> item without an outcome
         self._retry_queue: deque[tuple[int, Any, int, list[BaseException]]] = deque()
         self._retry_waiting: dict[int, tuple[Any, Timer]] = {}
+        # Jobs sent on lanes that wait at their worker behind the one it runs
+        # (see _lane_slot): queued, not running, in statistics and progress bars.
+        self._at_workers = 0
         # Timed attempts whose function runs, (seq, attempt) -> _RUNNING. The slot
         # (the function returned) and the watchdog (the deadline passed) both
         # pop the entry; the one that gets it reports the attempt.
@@ -244,11 +247,14 @@ class _Run(Generic[_T, _R]):
         return None
 
     def _waiting(self) -> int:
-        """Items waiting for a slot or a retry (read without the lock: a snapshot)."""
-        return len(self._buffer) + len(self._retry_queue) + len(self._retry_waiting)
+        """Items waiting for a slot, a retry or their worker (read without the lock: a snapshot)."""
+        return (
+            len(self._buffer) + len(self._retry_queue) + len(self._retry_waiting) + self._at_workers
+        )
 
     def _running(self) -> int:
-        return max(0, self._pending - len(self._retry_queue) - len(self._retry_waiting))
+        waiting = len(self._retry_queue) + len(self._retry_waiting) + self._at_workers
+        return max(0, self._pending - waiting)
 
     def _begin(self) -> None:
         """The run starts: its progress bar, if asked for."""
@@ -1077,10 +1083,29 @@ class _Run(Generic[_T, _R]):
         batch = self._chunk or 1
         back = 0.0  # when the last chunk's outcomes came back
         cpu_mark = _thread_time()  # this thread's CPU time when that happened
+        counted = 0  # this slot's part of _at_workers
+
+        def recount(taking: int = 0) -> None:
+            """Count the jobs in flight that wait at the worker (and ``taking`` more).
+
+            The worker runs one job of the slot's chunks at a time. Counted
+            before the jobs are taken and after they are delivered, so that
+            statistics never show more jobs running than slots.
+            """
+            nonlocal counted
+            waiting = max(0, sum(len(items) for _, items, _ in inflight) + taking - 1)
+            if waiting != counted:
+                with self._lock:
+                    self._at_workers += waiting - counted
+                counted = waiting
+
         try:
             while True:
                 if len(inflight) < _LANE_DEPTH:
+                    recount(batch)
                     taken = self._take(batch, keep=bool(inflight))
+                    if type(taken) is not tuple:
+                        recount()
                     if type(taken) is float:  # only with nothing in flight
                         self._wait_for_token(taken)
                         continue
@@ -1091,9 +1116,12 @@ class _Run(Generic[_T, _R]):
                                 lane = self._open_lane(self._token)
                             lane.send([self._spec(item) for item in items])
                             inflight.append((first, items, _monotonic()))
+                            recount()
                             continue
+                        recount()
                         while inflight:  # the careful items wait for the lane to empty
                             back = self._lane_receive(lane, inflight, back)[1]
+                            recount()
                         if lane is not None:
                             lane.close()
                             lane = None
@@ -1104,6 +1132,7 @@ class _Run(Generic[_T, _R]):
                         return  # _take counted the slot out
                 assert lane is not None
                 size, back, compute, elapsed = self._lane_receive(lane, inflight, back)
+                recount()
                 cpu_now = _thread_time()
                 cpu, cpu_mark = cpu_now - cpu_mark, cpu_now
                 batch = self._next_chunk(size, elapsed, compute, cpu, batch)
@@ -1116,6 +1145,9 @@ class _Run(Generic[_T, _R]):
                 self._active -= 1
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
         finally:
+            if counted:
+                with self._lock:
+                    self._at_workers -= counted
             if lane is not None:
                 lane.close()
 

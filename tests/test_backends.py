@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,35 @@ def test_at_most_n_jobs_at_once(backend: Any) -> None:
     most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert most <= 3
     assert most >= 2  # the bound is used, not just respected
+
+
+def test_statistics_never_show_more_jobs_running_than_workers(backend: Any) -> None:
+    # On processes and Dask a slot's next chunk waits at its worker behind
+    # the one it runs: those jobs are queued, not running.
+    remote = not isinstance(backend, str)
+    samples: list[rxpool.Statistics] = []
+    with WorkerPool(2, backend=backend) as pool:
+        for chunk_size in (None, 3) if remote else (None,):
+            recorder = Recorder()
+
+            def on_next(result: Result[Any], recorder: Recorder = recorder) -> None:
+                samples.append(pool.statistics())
+                recorder.on_next(result)
+
+            jobs = [Job(_jobs.sleep_for, args=(0.02,), id=i) for i in range(24)]
+            pool.run(jobs, chunk_size=chunk_size).subscribe(
+                on_next, recorder.on_error, recorder.on_completed
+            )
+            deadline = time.monotonic() + 30
+            while not recorder.ended.wait(0.005) and time.monotonic() < deadline:
+                samples.append(pool.statistics())
+            assert recorder.ended.is_set(), "the run never ended"
+            assert not recorder.errors and len(recorder.values) == 24
+    assert len(samples) >= 24
+    assert max(s.running for s in samples) <= 2, [s.running for s in samples]
+    assert max(s.running for s in samples) == 2  # the samples saw the run at work
+    final = pool.statistics()
+    assert (final.running, final.queued, final.succeeded) == (0, 0, 24 * (2 if remote else 1))
 
 
 def test_timeout_reports_job_timeout_and_the_run_goes_on(backend: Any) -> None:

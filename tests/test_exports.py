@@ -21,6 +21,7 @@ def test_rxpool_all() -> None:
         "Result",
         "Retry",
         "RxPoolError",
+        "Statistics",
         "WorkerCrashed",
         "WorkerPool",
         "__version__",
