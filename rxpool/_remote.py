@@ -147,8 +147,8 @@ def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, A
     return error
 
 
-def run_one(fn: Callable[..., Any], /, *args: Any) -> Any:
-    """A Dask task of one call: ``fn(*args)``, as `run_calls` runs it.
+def run_one(fn: Callable[..., Any], /, *args: Any) -> bytes:
+    """A Dask task of one call: ``fn(*args)``, as `run_calls` runs it; its value pickled here.
 
     Dask catches only `Exception` in a task: a job's ``sys.exit()`` would
     stop an in-process cluster, or kill a worker process. Here it fails the
@@ -156,6 +156,10 @@ def run_one(fn: Callable[..., Any], /, *args: Any) -> Any:
     job's own exception is raised for Dask to send back with its traceback,
     less the attributes that cannot be pickled (Dask would send a bare
     `Exception` instead); a coroutine is run to its end, as in a chunk.
+
+    The value comes back pickled (`load_value` loads it): the client fetches
+    the values of tasks that end together in one message, so a value that
+    Dask itself failed to load would fail its neighbours' fetches too.
     """
     try:
         value = fn(*args)
@@ -170,7 +174,19 @@ def run_one(fn: Callable[..., Any], /, *args: Any) -> Any:
         raise
     except BaseException as error:  # SystemExit, GeneratorExit, KeyboardInterrupt in the job
         raise _exit_error(error) from None
-    return value
+    try:
+        return _cloud_dumps(value)
+    except Exception as error:
+        raise NotSendable(f"the job's result cannot be sent back: {error!r}") from None
+
+
+def load_value(blob: bytes) -> Outcome:
+    """The outcome of a call whose value came back pickled alone (`run_one`)."""
+    try:
+        return (True, pickle.loads(blob), 0.0)
+    except Exception as error:
+        failure = NotSendable(f"its result cannot be loaded in this process: {error!r}")
+        return (False, failure, 0.0)
 
 
 def run_calls_sent(calls: Sequence[Call]) -> bytes:
@@ -179,7 +195,7 @@ def run_calls_sent(calls: Sequence[Call]) -> bytes:
     So a value that cannot be pickled fails its own call with a `NotSendable`
     (`dumps_outcomes`), not the whole chunk with the cluster's serialization
     error, and a value that cannot be loaded in the program fails the chunk
-    it came back with (`load_outcomes`), not the gather of other tasks. A
+    it came back with (`load_outcomes`), not the fetch of other tasks. A
     value plain pickle refuses (a lambda, a class defined in a function) goes
     with cloudpickle, as Dask would send it.
     """

@@ -46,6 +46,7 @@ from ._remote import (
     Outcome,
     failed_outcomes,
     load_outcomes,
+    load_value,
     read_spill,
     run_calls,
     run_calls_sent,
@@ -996,9 +997,8 @@ def _task_key(calls: Sequence[Call]) -> str:
 def _not_brought_back(error: Exception) -> NotSendable:
     """The `NotSendable` of a finished task whose value the client could not get.
 
-    Dask pickles a task's value on the worker and loads it here: either can
-    fail (a value that refuses pickling, one whose ``__setstate__`` raises
-    here). Chunks come back as bytes, so this only fails a task of one call.
+    Tasks return their values pickled by rxpool (`run_one`, `run_calls_sent`),
+    which loads them itself: what is left is Dask failing to move the bytes.
     """
     lines = str(error).strip().splitlines()
     said = f"{type(error).__name__}: {lines[0]}" if lines else repr(error)
@@ -1117,7 +1117,7 @@ class _DaskLane:
                 # Its own time is not known.
                 return task.outcomes(failed_outcomes(error, len(task.calls)))
             if task.single:
-                return [(True, value, 0.0)]
+                return [load_value(value)]
             return task.outcomes(load_outcomes(value, len(task.calls)))
         finally:
             if future is not None and future.status != "finished":
