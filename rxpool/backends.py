@@ -994,22 +994,6 @@ def _task_key(calls: Sequence[Call]) -> str:
     return f"{name}-{uuid.uuid4()}"
 
 
-def _not_brought_back(error: Exception) -> NotSendable:
-    """The `NotSendable` of a finished task whose value the client could not get.
-
-    Tasks return their values pickled by rxpool (`run_one`, `run_calls_sent`),
-    which loads them itself: what is left is Dask failing to move the bytes.
-    """
-    lines = str(error).strip().splitlines()
-    said = f"{type(error).__name__}: {lines[0]}" if lines else repr(error)
-    failure = NotSendable(
-        "the job's result cannot be sent back from the Dask worker"
-        f" or loaded in this process: {said}"
-    )
-    failure.__cause__ = error
-    return failure
-
-
 class _DaskLane:
     """A `Lane` on a `DaskBackend`: one task on the cluster, the next held here.
 
@@ -1112,8 +1096,6 @@ class _DaskLane:
                     raise Cancelled(
                         "the Dask task was cancelled outside the run (was its client closed?)"
                     ) from None
-                if future.status == "finished":  # the task ended; its value did not come back
-                    error = _not_brought_back(error)
                 # Its own time is not known.
                 return task.outcomes(failed_outcomes(error, len(task.calls)))
             if task.single:
