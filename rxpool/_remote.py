@@ -157,9 +157,10 @@ def run_one(fn: Callable[..., Any], /, *args: Any) -> bytes:
     less the attributes that cannot be pickled (Dask would send a bare
     `Exception` instead); a coroutine is run to its end, as in a chunk.
 
-    The value comes back pickled (`load_value` loads it): the client fetches
-    the values of tasks that end together in one message, so a value that
-    Dask itself failed to load would fail its neighbours' fetches too.
+    The value comes back pickled as a chunk's outcomes do, its own time not
+    measured (`load_outcomes` loads it): the client fetches the values of
+    tasks that end together in one message, so a value that Dask itself
+    failed to load would fail its neighbours' fetches too.
     """
     try:
         value = fn(*args)
@@ -175,18 +176,9 @@ def run_one(fn: Callable[..., Any], /, *args: Any) -> bytes:
     except BaseException as error:  # SystemExit, GeneratorExit, KeyboardInterrupt in the job
         raise _exit_error(error) from None
     try:
-        return _cloud_dumps(value)
+        return _cloud_dumps([(True, value, 0.0)])
     except Exception as error:
         raise NotSendable(f"the job's result cannot be sent back: {error!r}") from None
-
-
-def load_value(blob: bytes) -> Outcome:
-    """The outcome of a call whose value came back pickled alone (`run_one`)."""
-    try:
-        return (True, pickle.loads(blob), 0.0)
-    except Exception as error:
-        failure = NotSendable(f"its result cannot be loaded in this process: {error!r}")
-        return (False, failure, 0.0)
 
 
 def run_calls_sent(calls: Sequence[Call]) -> bytes:

@@ -46,7 +46,6 @@ from ._remote import (
     Outcome,
     failed_outcomes,
     load_outcomes,
-    load_value,
     read_spill,
     run_calls,
     run_calls_sent,
@@ -951,7 +950,7 @@ class _DaskTask:
         self.size = len(self.calls)
         # One plain call goes with its arguments (as a hand-written client.submit
         # sends it), run by `run_one`; a chunk goes as one task that runs its
-        # calls and returns their outcomes pickled (`run_calls_sent`).
+        # calls (`run_calls_sent`). Either returns its outcomes pickled.
         self.single = self.size == 1 and not self.calls[0][2]
         self.unsent: dict[int, Outcome] = {}  # by index: calls that could not be pickled
         self.future: Any = None
@@ -1098,8 +1097,6 @@ class _DaskLane:
                     ) from None
                 # Its own time is not known.
                 return task.outcomes(failed_outcomes(error, len(task.calls)))
-            if task.single:
-                return [load_value(value)]
             return task.outcomes(load_outcomes(value, len(task.calls)))
         finally:
             if future is not None and future.status != "finished":
