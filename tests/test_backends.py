@@ -72,14 +72,25 @@ def processes() -> Iterator[ProcessBackend]:
     backend.close()
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Any:
+def _backend_named(request: pytest.FixtureRequest) -> Any:
+    """The backend ``request.param`` names: the module's processes or Dask cluster."""
     name = request.param
     if name == "process":
         return request.getfixturevalue("processes")
     if name == "dask":
         return DaskBackend(request.getfixturevalue("dask_client"))
     return name
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Any:
+    return _backend_named(request)
+
+
+@pytest.fixture(params=["process", "dask"])
+def remote(request: pytest.FixtureRequest) -> Any:
+    """A backend whose jobs' results are pickled in a worker and loaded here."""
+    return _backend_named(request)
 
 
 def collect(observable: reactivex.Observable[Any], timeout: float = 30.0) -> Recorder:
@@ -637,14 +648,6 @@ def test_unpicklable_job_fails_at_once_with_a_clear_result(processes: ProcessBac
     assert isinstance(results["token"].error, TypeError)
     assert "CancelToken cannot cross" in str(results["token"].error)
     assert results["fine"].value == 8
-
-
-@pytest.fixture(params=["process", "dask"])
-def remote(request: pytest.FixtureRequest) -> Any:
-    """A backend whose jobs' results are pickled in a worker and loaded here."""
-    if request.param == "process":
-        return request.getfixturevalue("processes")
-    return DaskBackend(request.getfixturevalue("dask_client"))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4])
