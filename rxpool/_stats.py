@@ -31,10 +31,15 @@ LATENCY_SAMPLES: Final = 4096
 class Statistics:
     """A snapshot of a pool's work so far (all its runs, finished and live).
 
+    Immutable; `WorkerPool.statistics` builds one from counters the runs keep
+    anyway, without stopping them (cheap to poll from any thread), so the
+    counts of a live pool are read one after another, not at one instant.
+
     Attributes:
         submitted: Jobs taken from sources (each gets one result).
-        queued: Jobs waiting in buffers or for a retry, not running.
-        running: Jobs whose functions run now.
+        queued: Jobs waiting in buffers, for a retry, or at a worker process
+            or Dask worker behind the job it runs (chunks sent ahead).
+        running: Jobs whose functions run now: at most one per worker slot.
         succeeded / failed / timed_out / cancelled / dropped: Results by outcome
             (``failed`` is any other error).
         retried: Attempts scheduled again by a `Retry` policy.
