@@ -243,9 +243,10 @@ def load_outcomes(segment: bytes, calls: int) -> list[Outcome]:
 
 
 def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_every: float) -> None:
-    """A process worker: run chunks from ``conn`` until it closes.
+    """A process worker: run chunks from ``conn`` until it closes or asks it to exit.
 
-    A chunk comes as ``(seq, [pickled call, ...])``; its calls not started yet
+    A chunk comes as ``(seq, [pickled call, ...])``; an empty message asks
+    the worker to exit. A chunk's calls not started yet
     are skipped (a `Cancelled` outcome each) once the parent sets
     ``mark.value`` to ``seq`` or more. ``at`` (two integers in shared memory)
     holds ``seq`` and the index of the call the worker loads or runs (-1
@@ -276,6 +277,8 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        if not data:
+            return  # the parent's request to exit (see _Worker.ask_to_stop)
         seq, blobs = pickle.loads(data)
         segments: list[tuple[int, bytes]] = []
         outcomes: list[Outcome] = []  # finished since the last segment

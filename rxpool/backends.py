@@ -271,12 +271,26 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
 
-    def stop(self, timeout: float) -> None:
-        self.release()  # the worker's recv ends with EOFError: it exits
+    def ask_to_stop(self) -> None:
+        """Tell the (idle) process to exit, and release the pipe.
+
+        An empty message, not only the pipe's end: a process forked from this
+        one (a `ProcessPoolExecutor`'s, by default on Linux) holds a copy of
+        this end of the pipe, and the worker sees no end of file while it lives.
+        """
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send_bytes(b"")
+        self.release()
+
+    def join_or_kill(self, timeout: float) -> None:
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout)
+
+    def stop(self, timeout: float) -> None:
+        self.ask_to_stop()
+        self.join_or_kill(timeout)
 
 
 # This process's backends and worker processes, for _end_processes.
@@ -310,8 +324,8 @@ def _end_processes() -> None:
     its own (a `ProcessPoolExecutor`, joblib, another `WorkerPool`), as a
     `ProcessPoolExecutor`'s workers can; multiprocessing's shutdown joins
     such processes, so this runs first (a finalizer of multiprocessing's, at
-    the exit of the program or of a worker process). Idle processes exit as
-    their pipe closes; busy ones are terminated, as daemonic ones would be.
+    the exit of the program or of a worker process). Idle processes are told
+    to exit; busy ones are terminated, as daemonic ones would be.
     """
     for backend in list(_backends):
         backend.close()
@@ -510,7 +524,9 @@ class ProcessBackend:
             self._live -= len(idle)
             self._cond.notify_all()
         for worker in idle:
-            worker.stop(2.0)
+            worker.ask_to_stop()  # all first: they exit together
+        for worker in idle:
+            worker.join_or_kill(2.0)
 
     def __repr__(self) -> str:
         return (

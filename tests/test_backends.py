@@ -1293,6 +1293,34 @@ def test_closing_the_backend_under_a_run_fails_the_rest_with_results() -> None:
     assert all(r.ok or isinstance(r.error, Cancelled) for r in results)
 
 
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method"
+)
+def test_close_ends_idle_processes_even_while_a_forked_process_holds_their_pipes() -> None:
+    # A process forked from the program (a ProcessPoolExecutor's, by default on
+    # Linux before 3.14) holds a copy of the program's end of every pipe to a
+    # worker, so closing that end here is no end of file for the worker: it
+    # must still be told to exit, not killed after close() gave up waiting.
+    from concurrent.futures import ProcessPoolExecutor
+
+    def ours() -> set[Any]:
+        return {p for p in multiprocessing.active_children() if p.name == "rxpool-process"}
+
+    before = ours()
+    backend = ProcessBackend(2)
+    backend.warm()
+    started = ours() - before
+    assert len(started) == 2
+    forked = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    try:
+        assert forked.submit(_jobs.double, 4).result(timeout=30) == 8  # its process is up
+        backend.close()
+        assert [p.exitcode for p in started] == [0, 0]  # joined by close(), not killed
+    finally:
+        backend.close()
+        forked.shutdown()
+
+
 def test_pool_owned_processes_stop_with_the_pool() -> None:
     import multiprocessing
 
