@@ -418,7 +418,9 @@ def backends_section(report: Report) -> None:
     from . import backends_bench as bb
 
     s = report.sizes
-    cpu, n, cpu_repeats = bb.cpu_bound(s.cpu_jobs, s.cpu_seconds, s.backend_repeats, balanced=True)
+    cpu, n, cpu_repeats = bb.cpu_bound(
+        s.cpu_jobs, s.cpu_seconds, s.backend_repeats, balanced=True, redraw=True
+    )
     ours = cpu["rxpool WorkerPool.map"]  # the same call as ProcessPoolExecutor.map
     serial = cpu["serial"]
     best_name, best = _best_alternative(cpu)
@@ -464,13 +466,14 @@ def backends_section(report: Report) -> None:
         " chunks), is shown for reference. The ratios of this section sit close to 1, so it"
         f" takes the median of {cpu_repeats} repetitions: whole cycles of orders in which"
         " each contender runs right after each other one equally often (a run right"
-        " after the serial one is slower). That does not even out a noise of another"
-        " kind: how fast a process runs the same pure-Python loop depends on where"
-        " CPython's allocator puts its small objects, which differs from process to"
-        " process (in one process, keeping a few more small ints alive made `cpu` 8 to 15%"
-        " faster). Each contender's worker processes are one draw of it, kept for the"
-        " whole section, so these ratios move by a few % from one run of the suite to the"
-        " next.\n\n"
+        " after the serial one is slower). Every repetition also starts with new worker"
+        " processes for every contender (warmed before timing): how fast a process runs"
+        " the same pure-Python loop depends on where CPython's allocator puts its small"
+        " objects, which differs from process to process and holds for its life (in one"
+        " process, keeping a few more small ints alive made `cpu` 8 to 15% faster), so"
+        " processes kept for the whole section were one draw per contender (the ratio to"
+        " the best of the alternatives moved between 0.97x and 1.01x over six runs of the"
+        " suite); with new ones every repetition, each median is one over draws too.\n\n"
         + table(["contender", "makespan (s)", "vs serial"], rows)
         + f"\n\nCPU-bound jobs that allocate: {s.cpu_jobs} calls of `build({built_n:,})`,"
         f" which makes dicts and lists (calibrated at {s.cpu_seconds * 1000:.0f} ms each;"

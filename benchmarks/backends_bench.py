@@ -81,6 +81,58 @@ def _pool_run(pool: WorkerPool, fn: Callable[[int], Any], inputs: list[int]) -> 
     return count
 
 
+class _Draw:
+    """The process contenders of `cpu_bound`: rxpool's, a `ProcessPoolExecutor`, loky's.
+
+    How fast a process runs the same pure-Python loop differs from process
+    to process by a few % and holds for the process's life (it depends on
+    where CPython's allocator puts the loop's small objects). One set of
+    processes kept for a whole section is one draw per contender, and ratios
+    near 1 then say more about the draws than about the pools. `draw` gives
+    every contender new processes, warmed, so that a median over repetitions
+    is a median over draws too.
+    """
+
+    def __init__(self, workers: int, fn: Callable[[int], Any], n: int) -> None:
+        self.workers = workers
+        self.fn = fn
+        self.warm_inputs = [max(1, n // 10)] * (8 * workers)
+        self.backend: ProcessBackend | None = None
+        self.pool: WorkerPool | None = None
+        self.executor: ProcessPoolExecutor | None = None
+        self.parallel: Any = None  # joblib's Parallel (untyped)
+        self.draw()
+
+    def draw(self) -> None:
+        """Close the processes of the last draw, start new ones, run a few jobs on each."""
+        from joblib import Parallel, delayed
+
+        self.close()
+        self.backend = ProcessBackend(self.workers)
+        self.backend.warm()
+        self.pool = WorkerPool(self.workers, backend=self.backend)
+        self.executor = ProcessPoolExecutor(self.workers)
+        self.parallel = Parallel(n_jobs=self.workers, backend="loky")
+        # Jobs of about 2 ms, 8 a process: every process has imported fn's module.
+        list(self.pool.map(self.fn, self.warm_inputs))
+        list(self.executor.map(self.fn, self.warm_inputs))
+        self.parallel(delayed(self.fn)(x) for x in self.warm_inputs)
+
+    def close(self) -> None:
+        from joblib.externals.loky import get_reusable_executor
+
+        if self.pool is not None:
+            self.pool.close()
+        if self.backend is not None:
+            self.backend.close()
+        if self.executor is not None:
+            self.executor.shutdown()
+        if self.parallel is not None:
+            # joblib keeps loky's executor for the next Parallel call: end its processes.
+            get_reusable_executor().shutdown(wait=True, kill_workers=True)
+        self.pool = self.backend = self.executor = self.parallel = None
+
+
 def cpu_bound(
     jobs: int,
     seconds: float,
@@ -88,44 +140,51 @@ def cpu_bound(
     fn: Callable[[int], Any] = cpu,
     *,
     balanced: bool = False,
+    redraw: bool = False,
 ) -> tuple[dict[str, float], int, int]:
     """Makespans (s) of CPU-bound jobs: serial, rxpool processes, ProcessPoolExecutor, loky.
 
     ``fn`` is a module-level function of one ``n``, calibrated to ``seconds``
     here. ``balanced``: ``repeats`` rounded up to whole cycles of orders (see
-    `whole_cycles`), for ratios that sit close to 1. Returns the medians,
-    ``n`` and the repetitions run.
+    `whole_cycles`), for ratios that sit close to 1. ``redraw``: new
+    processes for every contender at each repetition (see `_Draw`). Returns
+    the medians, ``n`` and the repetitions run.
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     workers = os.cpu_count() or 1
     n = calibrate(seconds, fn)
     inputs = [n] * jobs
-    backend = ProcessBackend(workers)
-    backend.warm()
-    pool = WorkerPool(workers, backend=backend)
-    executor = ProcessPoolExecutor(workers)
-    parallel = Parallel(n_jobs=workers, backend="loky")
+    drawn = _Draw(workers, fn, n)
+
+    def pool() -> WorkerPool:
+        assert drawn.pool is not None
+        return drawn.pool
+
+    def executor() -> ProcessPoolExecutor:
+        assert drawn.executor is not None
+        return drawn.executor
+
     runs: dict[str, Callable[[], int]] = {
         "serial": lambda: len([fn(x) for x in inputs]),
         # The same call as ProcessPoolExecutor.map: the list's length is known.
-        "rxpool WorkerPool.map": lambda: len(list(pool.map(fn, inputs))),
+        "rxpool WorkerPool.map": lambda: len(list(pool().map(fn, inputs))),
         # A generator of Jobs: the run's length is not known.
-        "rxpool WorkerPool.run, a generator of Jobs": lambda: _pool_run(pool, fn, inputs),
+        "rxpool WorkerPool.run, a generator of Jobs": lambda: _pool_run(pool(), fn, inputs),
     }
     for chunksize in (1, 4, 16):
         runs[f"ProcessPoolExecutor.map chunksize={chunksize}"] = (
-            lambda c=chunksize: len(list(executor.map(fn, inputs, chunksize=c)))  # type: ignore[misc]
+            lambda c=chunksize: len(list(executor().map(fn, inputs, chunksize=c)))  # type: ignore[misc]
         )
-    runs["joblib loky"] = lambda: len(parallel(delayed(fn)(x) for x in inputs))
+    runs["joblib loky"] = lambda: len(drawn.parallel(delayed(fn)(x) for x in inputs))
     if balanced:
         repeats = whole_cycles(repeats, len(runs))
     try:
-        medians = alternate(runs, repeats, dict.fromkeys(runs, jobs))
+        medians = alternate(
+            runs, repeats, dict.fromkeys(runs, jobs), before=drawn.draw if redraw else None
+        )
     finally:
-        pool.close()
-        backend.close()
-        executor.shutdown()
+        drawn.close()
     return medians, n, repeats
 
 

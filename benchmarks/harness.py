@@ -23,13 +23,15 @@ def alternate_times(
     repeats: int,
     expected: dict[str, int],
     orders: Callable[[int], list[list[int]]] | None = None,
+    before: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds of every timed run per contender, in repetition order.
 
     One untimed warm-up run each comes first, so every executor has its
     threads or processes. Each run returns how many results it saw, which must
     be ``expected[name]``. ``orders`` makes the orders of the repetitions
-    (default: `williams_orders`).
+    (default: `williams_orders`). ``before``, if given, is called untimed at
+    the start of every repetition (to give the contenders fresh processes).
     """
     times: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
@@ -37,6 +39,8 @@ def alternate_times(
         runs[name]()
     cycle = (orders or williams_orders)(len(names))
     for r in range(repeats):
+        if before is not None:
+            before()
         for index in cycle[r % len(cycle)]:
             name = names[index]
             started = time.perf_counter()
@@ -93,9 +97,10 @@ def alternate(
     repeats: int,
     expected: dict[str, int],
     orders: Callable[[int], list[list[int]]] | None = None,
+    before: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Median seconds per contender (see `alternate_times`)."""
-    times = alternate_times(runs, repeats, expected, orders)
+    times = alternate_times(runs, repeats, expected, orders, before)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
