@@ -211,6 +211,9 @@ class _Run(Generic[_T, _R]):
         # Jobs sent on lanes that wait at their worker behind the one it runs
         # (see _lane_slot): queued, not running, in statistics and progress bars.
         self._at_workers = 0
+        # Lane slots holding work (chunks in flight, or an item run alone): a slot
+        # queues a chunk behind its running one only when every slot holds work.
+        self._lanes_busy = 0
         # Timed attempts whose function runs, (seq, attempt) -> _RUNNING. The slot
         # (the function returned) and the watchdog (the deadline passed) both
         # pop the entry; the one that gets it reports the attempt.
@@ -1073,7 +1076,9 @@ class _Run(Generic[_T, _R]):
         Up to `_LANE_DEPTH` chunks are in flight on the slot's lane, run one
         after the other by one worker, so the worker starts the next chunk as
         soon as it returns one instead of waiting for the round trip to this
-        thread. The slot still runs one chunk at a time. Items with a timeout
+        thread; the second only while every slot has work (`_may_queue`), so
+        a job never waits behind another while a worker is free for it. The
+        slot still runs one chunk at a time. Items with a timeout
         or a retry policy go alone, through `Backend.run_chunk`, once the lane
         is empty (a timeout must not count time spent queued).
         """
@@ -1084,6 +1089,14 @@ class _Run(Generic[_T, _R]):
         back = 0.0  # when the last chunk's outcomes came back
         cpu_mark = _thread_time()  # this thread's CPU time when that happened
         counted = 0  # this slot's part of _at_workers
+        holding = False  # this slot's part of _lanes_busy
+
+        def hold(now: bool) -> None:
+            nonlocal holding
+            if now != holding:
+                with self._lock:
+                    self._lanes_busy += 1 if now else -1
+                holding = now
 
         def recount(taking: int = 0) -> None:
             """Count the jobs in flight that wait at the worker (and ``taking`` more).
@@ -1101,7 +1114,7 @@ class _Run(Generic[_T, _R]):
 
         try:
             while True:
-                if len(inflight) < _LANE_DEPTH:
+                if len(inflight) < _LANE_DEPTH and (not inflight or self._may_queue()):
                     recount(batch)
                     taken = self._take(batch, keep=bool(inflight))
                     if type(taken) is not tuple:
@@ -1110,6 +1123,7 @@ class _Run(Generic[_T, _R]):
                         self._wait_for_token(taken)
                         continue
                     if taken is not None:
+                        hold(True)
                         first, items, retry_state = taken  # type: ignore[misc]
                         if retry_state is None and self._plain(items):
                             if lane is None:
@@ -1126,6 +1140,7 @@ class _Run(Generic[_T, _R]):
                             lane.close()
                             lane = None
                         outcome = self._execute(first, items, retry_state, [])
+                        hold(False)
                         self._deliver(first, *outcome)
                         continue
                     if not inflight:
@@ -1137,6 +1152,7 @@ class _Run(Generic[_T, _R]):
                 cpu, cpu_mark = cpu_now - cpu_mark, cpu_now
                 batch = self._next_chunk(size, elapsed, compute, cpu, batch)
                 if not inflight:
+                    hold(False)
                     lane.close()  # the process is free for other slots until there is work
                     lane = None
         except BaseException as error:
@@ -1145,11 +1161,29 @@ class _Run(Generic[_T, _R]):
                 self._active -= 1
             self._fail(error if isinstance(error, Exception) else RuntimeError(repr(error)))
         finally:
+            hold(False)
             if counted:
                 with self._lock:
                     self._at_workers -= counted
             if lane is not None:
                 lane.close()
+
+    def _may_queue(self) -> bool:
+        """Whether a lane slot may queue a chunk behind the one its worker runs.
+
+        Only when the run has all its slots and each holds work: otherwise a
+        slot that has none (just started, or about to be) would take it, and
+        queued, it would wait for a job while a worker is free. Nor, when the
+        run's length is known, once fewer jobs are left than slots: the last
+        ones go to the slots that free up first. (Read without the lock: a
+        slot seeing an old count at worst waits for its chunk's round trip
+        once, or queues one chunk as before.)
+        """
+        active = self._active
+        if active < self._n or self._lanes_busy < active:
+            return False
+        remaining = self._remaining()
+        return remaining is None or remaining >= active
 
     def _lane_receive(
         self, lane: Lane | None, inflight: deque[tuple[int, list[Any], float]], back: float

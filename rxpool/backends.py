@@ -344,19 +344,19 @@ class ProcessBackend:
     """Worker processes for CPU-bound pure-Python jobs.
 
     Each slot holds one idle process (started on demand, up to
-    ``processes``) while it has chunks to run, and sends its next chunk
-    while the process still runs the last one, so a process never waits for
-    the round trip to the slot. A job or a result that cannot be pickled gets
-    a `NotSendable` result at once. A process that dies under a job
-    (``os._exit``, a segfault, the OOM killer) is replaced; that job gets a
-    `WorkerCrashed` result, the jobs of its chunk that had run get theirs
-    (spilled to a file every millisecond; those finished in the last
-    millisecond get a `WorkerCrashed`: their results died with the
-    process), and the jobs not started yet (the rest of the chunk, the
-    chunk queued behind) go to the new process; with a retry policy
-    crashed jobs are retried. Functions must
-    be importable by the worker processes (module-level, not lambdas), as
-    with `ProcessPoolExecutor`.
+    ``processes``) while it has chunks to run, and, while every slot has
+    work, sends its next chunk while the process still runs the last one, so
+    a process never waits for the round trip to the slot. A job or a result
+    that cannot be pickled gets a `NotSendable` result at once. A process
+    that dies under a job (``os._exit``, a segfault, the OOM killer) is
+    replaced; that job gets a `WorkerCrashed` result, the jobs of its chunk
+    that had run get theirs (spilled to a file every millisecond; those
+    finished in the last millisecond get a `WorkerCrashed`: their results
+    died with the process), and the jobs not started yet (the rest of the
+    chunk, the chunk queued behind) go to the new process; with a retry
+    policy crashed jobs are retried. Functions must be importable by the
+    worker processes (module-level, not lambdas), as with
+    `ProcessPoolExecutor`.
 
     **Cancellation**: queued jobs never start, including those already sent
     to a process (it skips them); a running job's result is dropped and its

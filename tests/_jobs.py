@@ -127,6 +127,17 @@ def announce_then_sleep(path: str, seconds: float) -> float:
     return seconds
 
 
+def meet(directory: str, me: int, party: int, seconds: float) -> bool:
+    """Arrive at ``directory``; True once ``party`` jobs have arrived, False after ``seconds``."""
+    Path(directory, str(me)).touch()
+    deadline = time.monotonic() + seconds
+    while len(os.listdir(directory)) < party:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 class _Node:
     def __init__(self) -> None:
         self.other: _Node | None = None

@@ -120,6 +120,43 @@ def test_every_job_yields_exactly_one_result(backend: Any, ordered: bool) -> Non
         assert r.started <= r.finished
 
 
+@pytest.mark.parametrize("source", ["generator", "observable"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_as_many_jobs_as_workers_all_run_at_once(
+    backend: Any, source: str, workers: int, tmp_path: Path
+) -> None:
+    # No job waits behind another while a worker is free. Each job waits until
+    # every job of the run has started: run one after the other, they time out.
+    jobs = [Job(_jobs.meet, args=(str(tmp_path), i, workers, 10.0), id=i) for i in range(workers)]
+    source_of_jobs = iter(jobs) if source == "generator" else reactivex.from_iterable(jobs)
+    with WorkerPool(workers, backend=backend) as pool:
+        out = collect(pool.run(source_of_jobs), timeout=60)
+    assert not out.errors
+    assert sorted(r.id for r in out.values) == list(range(workers))
+    assert [r.value for r in out.values] == [True] * workers
+
+
+@pytest.mark.parametrize("repeat", range(5))
+def test_the_last_jobs_of_a_known_length_go_to_the_worker_that_frees_first(
+    remote: Any, tmp_path: Path, repeat: int
+) -> None:
+    # The first job waits for the two after it. Queued behind it at its
+    # worker, the last one would never start: with fewer jobs left than
+    # workers, nothing is queued behind a running job. (Without that rule
+    # the last one was queued there when the first job's slot looked after
+    # the other slot had taken the second: in about 1 run of 6.)
+    where = tmp_path / str(repeat)
+    where.mkdir()
+    jobs = [Job(_jobs.meet, args=(str(where), 0, 3, 10.0), id=0)] + [
+        Job(_jobs.touch, args=(str(where / str(i)),), id=i) for i in (1, 2)
+    ]
+    with WorkerPool(2, backend=remote) as pool:
+        out = collect(pool.run(jobs, chunk_size=1), timeout=60)
+    assert not out.errors
+    assert {r.id: r.ok for r in out.values} == {0: True, 1: True, 2: True}
+    assert next(r.value for r in out.values if r.id == 0) is True
+
+
 def test_a_job_that_exits_or_raises_no_exception_fails_alone(backend: Any) -> None:
     """sys.exit() in a job fails that job on every backend; the run goes on.
 
