@@ -470,9 +470,17 @@ class _Run(Generic[_T, _R]):
         threads that lives while batches run: a batch still running
         `_FLUSH_AFTER` after it started (or after its last flush) gets what it
         has finished delivered by the sweeper, since the slot is busy.
+        The sweeper also hands the batch's items not started yet to other
+        slots, when there is room for more slots (the source has run dry, so
+        slots have exited): a slow job no longer holds up the jobs behind it
+        in its batch while threads are free for them. They keep their
+        sequence numbers and go through the ready queue, as retries do.
         Returns None: the slot delivers the rest here.
         """
-        batch = _Batch(first)
+        batch = _Batch(first, len(items))
+        fast = self._fast(items)
+        if fast:
+            batch.pending = deque(items)
         batches = self._batches
         batches[id(batch)] = batch
         if not self._sweeping:  # after registering: the sweeper checks in the other order
@@ -482,15 +490,21 @@ class _Run(Generic[_T, _R]):
             except Exception:  # the threads are closing: the batch is delivered whole
                 self._sweeping = False
         try:
-            outcome = self._execute(first, items, None, batch.outcomes)
+            if batch.pending is not None:
+                outcome = self._run_fast(batch.pending, batch.outcomes)
+            else:
+                outcome = self._execute(first, items, None, batch.outcomes)
         finally:
             del batches[id(batch)]
         outcomes, fatal, deferred = outcome
         with self._lock:
-            batch.done = True
+            batch.done = True  # the sweeper takes no more (it steals under the lock)
             done = batch.delivered
             # The fast paths fill the batch's list; others return their own.
             rest = outcomes[done:] if done and outcomes is batch.outcomes else outcomes
+            if batch.stolen and fatal is None:
+                rest = [*rest, *[_DEFERRED] * batch.stolen]  # they come from other slots
+                deferred = True
             self._deliver_locked(first + done, rest, fatal, deferred)
         return None
 
@@ -503,12 +517,37 @@ class _Run(Generic[_T, _R]):
                 for batch in list(self._batches.values()):
                     if not batch.done and now - batch.since >= _FLUSH_AFTER:
                         self._flush(batch)
+                        if batch.pending and self._active < self._n and self._steal(batch):
+                            self._kick()
             if self._batches and not self._stopped:
                 continue
             self._sweeping = False
             if not self._batches or self._stopped or self._sweeping:
                 return  # a batch registered now saw the flag down and starts a sweeper
             self._sweeping = True
+
+    def _steal(self, batch: _Batch) -> bool:
+        """Hand the batch's items not started yet to the ready queue; False if none."""
+        pending = batch.pending
+        assert pending is not None
+        with self._lock:
+            if batch.done or self._stopped or self._limiter is not None:
+                return False  # (a rate limit would charge their tokens twice)
+            stolen: list[Any] = []
+            while True:
+                try:
+                    stolen.append(pending.pop())
+                except IndexError:
+                    break
+            if not stolen:
+                return False
+            end = batch.first + batch.size - batch.stolen  # after the last not stolen before
+            batch.stolen += len(stolen)
+            start = end - len(stolen)
+            self._retry_queue.extend(
+                (start + index, item, 1, []) for index, item in enumerate(reversed(stolen))
+            )
+        return True
 
     def _flush(self, batch: _Batch) -> None:
         with self._lock:
@@ -869,6 +908,19 @@ class _Run(Generic[_T, _R]):
         The fast paths append each outcome to ``sink`` as it is known and
         return it (so `_flush` can deliver a prefix); other paths may return
         a list of their own.
+        """
+        raise NotImplementedError
+
+    def _fast(self, items: list[Any]) -> bool:
+        """Whether `_execute` runs these items (no retry state) on `_run_fast`."""
+        return False
+
+    def _run_fast(
+        self, pending: deque[Any], sink: list[Any]
+    ) -> tuple[list[Any], Exception | None, bool]:
+        """Run items taken one by one from the left of ``pending``, outcomes into ``sink``.
+
+        Items another slot takes meanwhile (see `_steal`) are not run here.
         """
         raise NotImplementedError
 
@@ -1430,16 +1482,25 @@ class _Run(Generic[_T, _R]):
 
 
 class _Batch:
-    """A batch of fast jobs in progress: its outcomes so far, and how many were delivered."""
+    """A batch of fast jobs in progress: its outcomes so far, and how many were delivered.
 
-    __slots__ = ("delivered", "done", "first", "outcomes", "since")
+    ``pending`` holds the items not started yet (None: the batch runs on a
+    path that cannot give them up). The slot takes them from the left, the
+    sweeper takes the last ones from the right for other slots (``stolen``
+    counts them): each ``deque`` call is atomic, so each item goes to one.
+    """
 
-    def __init__(self, first: int) -> None:
+    __slots__ = ("delivered", "done", "first", "outcomes", "pending", "since", "size", "stolen")
+
+    def __init__(self, first: int, size: int) -> None:
         self.first = first
+        self.size = size
         self.outcomes: list[Any] = []
         self.delivered = 0
         self.done = False
         self.since = _perf_counter()  # started, or last flushed
+        self.pending: deque[Any] | None = None
+        self.stolen = 0
 
 
 class _Running:
@@ -1600,28 +1661,32 @@ class MapRun(_Run[_T, _R]):
     def _execute(
         self, first: int, items: list[Any], retry_state: Any, sink: list[Any]
     ) -> tuple[list[Any], Exception | None, bool]:
-        values = sink
-        append = values.append
         if self._tracked:
             return self._run_careful(first, items, retry_state)
         if self._remote is not None:
-            return self._remote_results(items, self._remote_batch(items)[0], values)
+            return self._remote_results(items, self._remote_batch(items)[0], sink)
+        return self._run_fast(deque(items), sink)
+
+    def _fast(self, items: list[Any]) -> bool:
+        return not self._tracked and self._remote is None
+
+    def _run_fast(
+        self, pending: deque[Any], sink: list[Any]
+    ) -> tuple[list[Any], Exception | None, bool]:
+        append = sink.append
+        take = pending.popleft
         fn = self._fn
+        token = self._token if self._pass_token else None
         try:
-            if self._pass_token:
-                token = self._token
-                for item in items:
-                    if self._stopped:
-                        break
-                    append(fn(item, token=token))
-            else:
-                for item in items:
-                    if self._stopped:
-                        break
-                    append(fn(item))
+            while not self._stopped:
+                try:
+                    item = take()
+                except IndexError:
+                    break
+                append(fn(item) if token is None else fn(item, token=token))
         except BaseException as raised:
-            return values, job_error(raised), False
-        return values, None, False
+            return sink, job_error(raised), False
+        return sink, None, False
 
     def _remote_results(
         self, items: list[Any], timed: list[tuple[bool, Any, float, float]], sink: list[Any]
@@ -1704,14 +1769,25 @@ class JobRun(_Run[Job[Any], Result[Any]]):
     ) -> tuple[list[Any], Exception | None, bool]:
         if retry_state is not None or not self._plain(items):
             return self._run_careful(first, items, retry_state)
-        fail_fast = self._policy.fail_fast
         if self._remote is not None:
             return self._remote_results(items, self._remote_batch(items)[0], [])
+        return self._run_fast(deque(items), sink)
+
+    def _fast(self, items: list[Any]) -> bool:
+        return self._remote is None and self._plain(items)
+
+    def _run_fast(
+        self, pending: deque[Any], sink: list[Any]
+    ) -> tuple[list[Any], Exception | None, bool]:
+        fail_fast = self._policy.fail_fast
         token = self._token
         results = sink
         append = results.append
-        for job in items:
-            if self._stopped:
+        take = pending.popleft
+        while not self._stopped:
+            try:
+                job = take()
+            except IndexError:
                 break
             started = _monotonic()
             try:

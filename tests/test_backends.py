@@ -136,6 +136,33 @@ def test_as_many_jobs_as_workers_all_run_at_once(
     assert [r.value for r in out.values] == [True] * workers
 
 
+@pytest.mark.parametrize("api", ["run", "map", "map_concurrent"])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_slow_jobs_taken_in_a_batch_of_fast_ones_still_run_at_once(
+    api: str, ordered: bool, tmp_path: Path
+) -> None:
+    # Threads take fast jobs in batches. The last 4 jobs, taken in such a
+    # batch, each wait until all 4 have started: one slot running them one
+    # after the other would time out. Their batch gives them up to free slots.
+    def fn(x: Any) -> Any:
+        return x * 2 if isinstance(x, int) else _jobs.meet(*x)
+
+    inputs: list[Any] = [*range(3000), *((str(tmp_path), i, 4, 10.0) for i in range(4))]
+    expected = [x * 2 for x in range(3000)] + [True] * 4
+    with WorkerPool(4) as pool:
+        if api == "run":
+            jobs = (Job(fn, args=(x,)) for x in inputs)
+            results = collect(pool.run(jobs, ordered=ordered), timeout=60).values
+            assert all(r.ok for r in results)
+            values = [r.value for r in results]
+        elif api == "map":
+            values = list(pool.map(fn, inputs))  # in order
+        else:
+            operator = rops.map_concurrent(fn, 4, ordered=ordered)
+            values = collect(reactivex.from_iterable(inputs).pipe(operator), timeout=60).values
+    assert values == expected if ordered or api == "map" else sorted(values) == sorted(expected)
+
+
 @pytest.mark.parametrize("repeat", range(5))
 def test_the_last_jobs_of_a_known_length_go_to_the_worker_that_frees_first(
     remote: Any, tmp_path: Path, repeat: int
