@@ -474,8 +474,8 @@ def backends_section(report: Report) -> None:
         " processes kept for the whole section were one draw per contender (the ratio to"
         " the best of the alternatives moved between 0.97x and 1.01x over six runs of the"
         " suite); with new ones every repetition, each median is one over draws too. That"
-        " has not made the ratio steady: in the first four runs so made it was 0.94x, 0.99x,"
-        " 1.01x and 1.01x.\n\n"
+        " has not made the ratio steady: in the first five runs so made it was 0.94x, 0.99x,"
+        " 1.01x, 1.01x and 0.99x.\n\n"
         + table(["contender", "makespan (s)", "vs serial"], rows)
         + f"\n\nCPU-bound jobs that allocate: {s.cpu_jobs} calls of `build({built_n:,})`,"
         f" which makes dicts and lists (calibrated at {s.cpu_seconds * 1000:.0f} ms each;"

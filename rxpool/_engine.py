@@ -478,8 +478,7 @@ class _Run(Generic[_T, _R]):
         Returns None: the slot delivers the rest here.
         """
         batch = _Batch(first, len(items))
-        fast = self._fast(items)
-        if fast:
+        if self._fast(items):
             batch.pending = deque(items)
         batches = self._batches
         batches[id(batch)] = batch
