@@ -157,8 +157,9 @@ def run_one(fn: Callable[..., Any], /, *args: Any) -> bytes:
     less the attributes that cannot be pickled (Dask would send a bare
     `Exception` instead); a coroutine is run to its end, as in a chunk.
 
-    The value comes back pickled as a chunk's outcomes do, its own time not
-    measured (`load_outcomes` loads it): the client fetches the values of
+    The value comes back pickled as a chunk's outcomes do (one that cannot be
+    pickled as its `NotSendable`), its own time not measured
+    (`load_outcomes` loads it): the client fetches the values of
     tasks that end together in one message, so a value that Dask itself
     failed to load would fail its neighbours' fetches too.
     """
@@ -175,10 +176,7 @@ def run_one(fn: Callable[..., Any], /, *args: Any) -> bytes:
         raise
     except BaseException as error:  # SystemExit, GeneratorExit, KeyboardInterrupt in the job
         raise _exit_error(error) from None
-    try:
-        return _cloud_dumps([(True, value, 0.0)])
-    except Exception as error:
-        raise NotSendable(f"the job's result cannot be sent back: {error!r}") from None
+    return dumps_outcomes([(True, value, 0.0)], _cloud_dumps)
 
 
 def run_calls_sent(calls: Sequence[Call]) -> bytes:
