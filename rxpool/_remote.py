@@ -249,7 +249,9 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
     ``mark.value`` to ``seq`` or more. ``at`` (two integers in shared memory)
     holds ``seq`` and the index of the call the worker loads or runs (-1
     before the first), so that if the process dies, the parent knows which
-    call it died under: the calls after it never started.
+    call it died under: the calls after it never started. Both are 0 until
+    the process gets here: one that dies before (running the main module
+    again, say) is known to have died starting.
 
     The outcomes go back as one message a chunk, a list of pickled segments
     (``(calls, pickled outcomes)`` each: see `load_outcomes`).
@@ -268,6 +270,7 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
     collection, and a process forked from the forkserver does not write to
     the pages it shares with the server when it collects.
     """
+    at[1] = -1  # the process started: it was all zeros (see _Worker.started)
     gc.freeze()
     spill = _open_spill(spill_path)
     while True:

@@ -262,6 +262,10 @@ class _Worker:
         index = int(self.at[1])
         return index if self.at[0] == seq and index >= 0 else None
 
+    def started(self) -> bool:
+        """Whether the process got as far as `worker_main` (which marks ``at``)."""
+        return bool(self.at[0] or self.at[1])
+
     def cancel_upto(self, seq: int) -> None:
         """Skip the calls not started yet of every chunk numbered up to ``seq``."""
         if self.mark.value < seq:
@@ -847,6 +851,12 @@ class _ProcessLane:
             raise self._token.new_error()
         self._backend.crashes += 1
         died = f"worker process {worker.process.pid} died (exit code {code})"
+        if not worker.started():
+            raise WorkerCrashed(
+                f"{died} while starting, before its first job: its error went to standard"
+                " error (a new process runs the program's main module again first: keep"
+                " the program's work under `if __name__ == '__main__':`)"
+            )
         if under is None:
             raise WorkerCrashed(f"{died} while running {len(chunk.blobs)} job(s)")
         outcomes = saved[: under + 1]

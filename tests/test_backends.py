@@ -507,6 +507,37 @@ def test_a_program_read_from_stdin_is_told_processes_cannot_start() -> None:
     assert "'<stdin>' is not a file" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "start_method", [m for m in multiprocessing.get_all_start_methods() if m != "fork"]
+)
+def test_a_process_that_dies_starting_says_so(tmp_path: Path, start_method: str) -> None:
+    # A script with no `if __name__ == "__main__":` starts a pool at its top
+    # level: each new process runs it again and dies there, before its first
+    # job. Each job still gets a result, which says where the process died.
+    (tmp_path / "unguarded.py").write_text(
+        "import rxpool\n"
+        "from rxpool import Job, WorkerPool\n"
+        "from rxpool.backends import ProcessBackend\n\n\n"
+        "def square(x):\n    return x * x\n\n\n"
+        f"backend = ProcessBackend(2, start_method={start_method!r})\n"
+        "with WorkerPool(2, backend=backend) as pool:\n"
+        "    for r in rxpool.iterate(pool.run(Job(square, args=(x,)) for x in range(3))):\n"
+        "        print(type(r.error).__name__, r.error)\n"
+        "backend.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "unguarded.py"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout
+    for line in lines:
+        assert line.startswith("WorkerCrashed worker process "), line
+        assert "while starting, before its first job" in line
+        assert "if __name__ == '__main__':" in line
+    assert "bootstrapping phase" in done.stderr  # multiprocessing's own error, from the processes
+
+
 @pytest.mark.skipif(
     "forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here"
 )
@@ -842,6 +873,7 @@ def test_a_crashed_process_is_replaced_and_the_run_goes_on(start_method: str) ->
             results = {r.id: r for r in collect(pool.run(jobs)).values}
             assert isinstance(results["dies"].error, rxpool.WorkerCrashed)
             assert "exit code 7" in str(results["dies"].error)
+            assert "while starting" not in str(results["dies"].error)
             assert all(results[i].value == 2 * i for i in range(10))
             assert backend.crashes == 1
             retried = Job(_jobs.die, args=(1,), retry=Retry(attempts=2, backoff=0))
