@@ -718,7 +718,7 @@ def _line_plot(
 
 def write(report: Report, out: Path, command: str) -> None:
     rows = [
-        [name, goal, f"{value:.2f}", "yes" if ok else "**no**"]
+        [name, goal, _shown(value), "yes" if ok else "**no**"]
         for name, goal, value, ok in report.targets
     ]
     text = "\n\n".join(
@@ -790,7 +790,12 @@ def main(argv: list[str] | None = None) -> int:
 def _print_targets(report: Report) -> None:
     print("\n## Targets")
     for name, goal, value, ok in report.targets:
-        print(f"  {name:55s} {goal:>9s}  {value:8.2f}  {'met' if ok else 'NOT MET'}")
+        print(f"  {name:55s} {goal:>9s}  {_shown(value):>8s}  {'met' if ok else 'NOT MET'}")
+
+
+def _shown(value: float) -> str:
+    """A target's measured ratio: three decimals below 10, so 0.9994 does not show as 1.00."""
+    return f"{value:.3f}" if value < 10 else f"{value:.2f}"
 
 
 if __name__ == "__main__":
