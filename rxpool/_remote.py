@@ -14,6 +14,7 @@ import gc
 import inspect
 import os
 import pickle
+import select
 import struct
 import time
 import traceback
@@ -240,7 +241,9 @@ def load_outcomes(segment: bytes, calls: int) -> list[Outcome]:
     return outcomes
 
 
-def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_every: float) -> None:
+def worker_main(
+    conn: Any, mark: Any, at: Any, spill_path: str | None, spill_every: float, program: int
+) -> None:
     """A process worker: run chunks from ``conn`` until it closes or asks it to exit.
 
     A chunk comes as ``(seq, [pickled call, ...])``; an empty message asks
@@ -263,6 +266,13 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
     pipe: a write to it wakes no thread of the parent's. A segment over
     `SPILL_MAX` bytes ends the chunk's spilling.
 
+    Between chunks the worker also watches ``program``, the process that
+    started it (a pidfd, where Linux has them), and exits when it ends: the
+    end of the pipe is not enough, as a process the program forked (a
+    `ProcessPoolExecutor`'s worker) holds a copy of the program's end, and
+    a program killed outright would otherwise leave the worker waiting for
+    ever.
+
     The objects the process starts with (rxpool, the main module and what it
     imports: tens of thousands in a real program) are frozen first
     (`gc.freeze`): the cyclic garbage collector never walks them again, so a
@@ -273,8 +283,14 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
     at[1] = -1  # the process started: it was all zeros (see _Worker.started)
     gc.freeze()
     spill = _open_spill(spill_path)
+    try:
+        ended = _ending_of(program)
+    except ProcessLookupError:
+        return  # the program has ended already
     while True:
         try:
+            if ended is not None and ended(conn.fileno()):
+                return
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
@@ -318,6 +334,34 @@ def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, spill_eve
             conn.send_bytes(pickle.dumps(segments, protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):
             return
+
+
+def _ending_of(pid: int) -> Callable[[int], bool] | None:
+    """A wait for a file descriptor to be readable that says whether process ``pid`` ended first.
+
+    None where there are no pidfds (not Linux, or a Linux before 5.3).
+
+    Raises:
+        ProcessLookupError: the process has ended already.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except (AttributeError, OSError):
+        return None
+    waiter = select.poll()
+    waiter.register(pidfd, select.POLLIN)
+    registered = -1
+
+    def ended(fd: int) -> bool:
+        nonlocal registered
+        if fd != registered:
+            waiter.register(fd, select.POLLIN)
+            registered = fd
+        return any(ready == pidfd for ready, _ in waiter.poll())
+
+    return ended
 
 
 def _open_spill(path: str | None) -> int | None:

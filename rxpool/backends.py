@@ -202,7 +202,7 @@ class _Worker:
             self.sent = 0  # the number of the last chunk sent
             self.process = context.Process(
                 target=worker_main,
-                args=(child, self.mark, self.at, self.spill_path, spill_every),
+                args=(child, self.mark, self.at, self.spill_path, spill_every, os.getpid()),
                 name="rxpool-process",
                 daemon=False,  # so that a job may start processes of its own: see _end_processes
             )

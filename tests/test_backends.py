@@ -3,12 +3,14 @@ accounting and cancellation on threads, the asyncio loop, processes and Dask."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
 import multiprocessing
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -1415,6 +1417,52 @@ def test_close_ends_idle_processes_even_while_a_forked_process_holds_their_pipes
     finally:
         backend.close()
         forked.shutdown()
+
+
+_KILLED_PROGRAM = """
+import multiprocessing, os, signal, sys
+from concurrent.futures import ProcessPoolExecutor
+
+from rxpool.backends import ProcessBackend
+
+if __name__ == "__main__":
+    backend = ProcessBackend(2, start_method=sys.argv[1])
+    backend.warm()
+    forked = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    forked.submit(abs, -1).result()
+    children = multiprocessing.active_children()
+    print(*(p.pid for p in children if p.name == "rxpool-process"), flush=True)
+    print(*(p.pid for p in children if p.name != "rxpool-process"), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfds here")
+@pytest.mark.parametrize(
+    "start_method", [m for m in multiprocessing.get_all_start_methods() if m != "fork"]
+)
+def test_workers_exit_when_their_program_is_killed_while_a_forked_process_holds_their_pipes(
+    tmp_path: Path, start_method: str
+) -> None:
+    # SIGKILL leaves no time to tell anyone, and the worker sees no end of
+    # its pipe while a process the program forked holds a copy of it: it
+    # watches the program itself.
+    (tmp_path / "killed.py").write_text(_KILLED_PROGRAM)
+    # Output to files: the program's children hold pipes open past its end.
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        program = subprocess.Popen(
+            [sys.executable, "killed.py", start_method], stdout=out, stderr=err, cwd=tmp_path
+        )
+        assert program.wait(timeout=120) == -signal.SIGKILL, (tmp_path / "err").read_text()
+    lines = (tmp_path / "out").read_text().splitlines()
+    workers, forked = (list(map(int, line.split())) for line in lines)
+    try:
+        assert len(workers) == 2 and forked
+        assert wait_until(lambda: all(_ended(pid) for pid in workers), timeout=30)
+    finally:  # the program's other children (not rxpool's) live on: end them
+        for pid in forked:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_pool_owned_processes_stop_with_the_pool() -> None:
