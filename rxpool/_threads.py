@@ -147,6 +147,9 @@ class ThreadRunner:
                 task()
             except BaseException:  # a slot loop handles its own errors; this is a bug guard
                 _log.exception("rxpool: a worker slot raised")
+            # An idle thread must not keep its last task's run alive (its source,
+            # its subscriber and what they hold) until it gets another task.
+            del task
 
     def close(self) -> None:
         """Let idle threads exit now and busy ones when their task returns."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -258,6 +260,32 @@ def test_closed_pool_refuses_work() -> None:
         pool.run(jobs(3))
     with pytest.raises(PoolClosed):
         pending.run()
+
+
+def test_a_finished_run_is_not_kept_alive_by_the_pools_idle_threads() -> None:
+    # An open pool's threads wait for the next run; the last one they served,
+    # with its subscriber and source and what those hold, must be free to go.
+    class Subscriber:
+        def __init__(self) -> None:
+            self.values: list[Any] = []
+            self.done = threading.Event()
+
+        def on_next(self, value: Any) -> None:
+            self.values.append(value)
+
+        def on_completed(self) -> None:
+            self.done.set()
+
+    with WorkerPool(4) as pool:
+        subscriber = Subscriber()
+        jobs = (Job(abs, args=(-i,)) for i in range(1000))
+        pool.run(jobs).subscribe(subscriber.on_next, on_completed=subscriber.on_completed)
+        assert subscriber.done.wait(10)
+        assert len(subscriber.values) == 1000
+        gone = weakref.ref(subscriber)
+        del subscriber
+        # The thread that called on_completed is still winding the run down.
+        assert wait_until(lambda: gc.collect() >= 0 and gone() is None)
 
 
 def test_close_releases_threads() -> None:
