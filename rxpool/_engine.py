@@ -87,6 +87,8 @@ _GUIDED_SHARE: Final = 2
 _MAX_CHUNK: Final = 1024
 # Chunks in flight on a slot's lane (see _Run._lane_slot): one running, one queued.
 _LANE_DEPTH: Final = 2
+# How long a statistics snapshot waits for a run's lock before it reads without it.
+_STATISTICS_WAIT: Final = 0.005
 # A batch still running this long after it started (or was last flushed)
 # delivers what it has finished (see _Run._execute_flushed).
 _FLUSH_AFTER: Final = 0.002
@@ -239,7 +241,7 @@ class _Run(Generic[_T, _R]):
             self._count = self._counter(tracker)
             if self._count is None:
                 self._count_batch = tracker
-            tracker.queued = self._waiting
+            tracker.waiting = self._waiting
 
     def _counter(self, tracker: Tracker) -> Callable[[Any], None] | None:
         """How the emitter counts one value; None: count whole batches as they are delivered.
@@ -249,15 +251,45 @@ class _Run(Generic[_T, _R]):
         """
         return None
 
-    def _waiting(self) -> int:
-        """Items waiting for a slot, a retry or their worker (read without the lock: a snapshot)."""
-        return (
-            len(self._buffer) + len(self._retry_queue) + len(self._retry_waiting) + self._at_workers
-        )
+    def _waiting(self) -> tuple[int, int, int]:
+        """What the run's jobs taken and not counted as results do now: ``(queued, running, held)``.
+
+        Queued: waiting in the buffer, for a retry, at their worker behind
+        another, or in a batch behind the one running. Running: their
+        functions run, at most one per slot. Held: finished, their results
+        waiting for the rest of their batch, for an earlier one
+        (``ordered``) or for the subscriber. (`map_concurrent` counts its
+        results as it delivers them, so results waiting for order are
+        counted already.) Read under the run's lock when it can be had at
+        once or soon (everything but a batch's progress moves under it, and
+        that moves one job at a time through running); else, with a
+        subscriber holding it for long, without it: counts that may be off
+        for an instant, running still at most one per slot.
+        """
+        locked = self._lock.acquire(timeout=_STATISTICS_WAIT)
+        try:
+            queued = len(self._retry_queue) + len(self._retry_waiting) + self._at_workers
+            held = 0
+            if self._batches:
+                for batch in list(self._batches.values()):
+                    pending = batch.pending
+                    queued += len(pending) if pending is not None else max(0, batch.size - 1)
+                    held += max(0, len(batch.outcomes) - batch.delivered)
+            # The rest run, except a batch a slot took and has not started: its
+            # jobs are queued (one slot runs one job at a time).
+            rest = max(0, self._pending - queued - held)
+            running = min(rest, self._active)
+            queued += rest - running + len(self._buffer)
+            if self._count_batch is None:
+                held += len(self._reorder) + len(self._outbox)
+        finally:
+            if locked:
+                self._lock.release()
+        return queued, running, held
 
     def _running(self) -> int:
-        waiting = len(self._retry_queue) + len(self._retry_waiting) + self._at_workers
-        return max(0, self._pending - waiting)
+        """Items whose functions run now (see `_waiting`)."""
+        return self._waiting()[1]
 
     def _begin(self) -> None:
         """The run starts: its progress bar, if asked for."""
@@ -353,6 +385,8 @@ class _Run(Generic[_T, _R]):
                     size = self._policy.buffer_size
                     self._fail(BufferOverflow(f"the buffer of {size} items is full"))
                     return
+            if self.tracker is not None:
+                self.tracker.taken += 1  # buffered or dropped, it gets a result
             if dropped is not item:
                 self._enqueue(item)
                 if self._active < self._n and not self._window_blocked and not self._rate_waiter:
@@ -493,8 +527,9 @@ class _Run(Generic[_T, _R]):
                 outcome = self._run_fast(batch.pending, batch.outcomes)
             else:
                 outcome = self._execute(first, items, None, batch.outcomes)
-        finally:
+        except BaseException:
             del batches[id(batch)]
+            raise
         outcomes, fatal, deferred = outcome
         with self._lock:
             batch.done = True  # the sweeper takes no more (it steals under the lock)
@@ -504,7 +539,11 @@ class _Run(Generic[_T, _R]):
             if batch.stolen and fatal is None:
                 rest = [*rest, *[_DEFERRED] * batch.stolen]  # they come from other slots
                 deferred = True
-            self._deliver_locked(first + done, rest, fatal, deferred)
+            batch.delivered = len(batch.outcomes)  # for statistics, until it is gone
+            try:
+                self._deliver_locked(first + done, rest, fatal, deferred)
+            finally:
+                del batches[id(batch)]  # after delivering: statistics always find its jobs
         return None
 
     def _sweeper(self) -> None:
@@ -765,7 +804,7 @@ class _Run(Generic[_T, _R]):
                 items = [pop() for _ in range(n)]
                 if self._producers_waiting:
                     self._space.notify()
-                return self._register(items)
+                return self._register(items, counted=True)
 
         if not self._pull_lock.acquire(not keep):
             return None  # another slot pulls the source
@@ -883,9 +922,10 @@ class _Run(Generic[_T, _R]):
             return min(want, self._window - (self._seq - self._next_emit))
         return want
 
-    def _register(self, items: list[Any]) -> tuple[int, list[Any], None]:
+    def _register(self, items: list[Any], counted: bool = False) -> tuple[int, list[Any], None]:
+        """Number items taken (``counted``: from the buffer, counted as they came in)."""
         count = len(items)
-        if self.tracker is not None:
+        if self.tracker is not None and not counted:
             self.tracker.taken += count
         first = self._seq
         self._seq = first + count
@@ -1336,12 +1376,12 @@ class _Run(Generic[_T, _R]):
         reorder = self._reorder
         seq = self._next_emit
         if seq in reorder:
-            ready = []
+            put = self._outbox.append  # straight there: never in neither (see _waiting)
             while seq in reorder:
-                ready.append(reorder.pop(seq))
+                put(reorder.pop(seq))
                 seq += 1
             self._next_emit = seq
-            self._emit_all(ready)
+            self._drain()
         if self._window_blocked and not self._stopped:
             self._window_blocked = False
             self._kick()
@@ -1910,6 +1950,8 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         parent = self._token._parent
         assert parent is not None
         now = _monotonic()
+        if self.tracker is not None:
+            self.tracker.taken += len(items)
         self._outbox.extend(
             Result(None, parent.new_error(), job.descriptor, 1, now, now) for job in items
         )

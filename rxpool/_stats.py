@@ -36,10 +36,15 @@ class Statistics:
     counts of a live pool are read one after another, not at one instant.
 
     Attributes:
-        submitted: Jobs taken from sources (each gets one result).
+        submitted: Jobs taken from sources, pulled or pushed (each gets one
+            result, unless the run is disposed first).
         queued: Jobs waiting in buffers, for a retry, or at a worker process
             or Dask worker behind the job it runs (chunks sent ahead).
         running: Jobs whose functions run now: at most one per worker slot.
+        held: Jobs finished whose results wait to be delivered: for an earlier
+            job's result (``ordered=True``), or for the rest of their batch.
+            ``submitted == queued + running + held + completed``, read at
+            one instant; a finished run has delivered them all.
         succeeded / failed / timed_out / cancelled / dropped: Results by outcome
             (``failed`` is any other error).
         retried: Attempts scheduled again by a `Retry` policy.
@@ -51,6 +56,7 @@ class Statistics:
     submitted: int = 0
     queued: int = 0
     running: int = 0
+    held: int = 0
     succeeded: int = 0
     failed: int = 0
     timed_out: int = 0
@@ -70,18 +76,22 @@ class Statistics:
 
 
 class Tracker:
-    """One run's counts; written under the run's lock, read without it (a snapshot)."""
+    """One run's counts; written under the run's lock, read without it (a snapshot).
+
+    ``waiting`` (set by the run) tells what its jobs taken and not counted as
+    results do now: queued, running or held (see `Statistics`).
+    """
 
     __slots__ = (
         "cancelled",
         "dropped",
         "durations",
         "failed",
-        "queued",
         "retried",
         "succeeded",
         "taken",
         "timed_out",
+        "waiting",
     )
 
     def __init__(self) -> None:
@@ -93,7 +103,8 @@ class Tracker:
         self.dropped = 0
         self.retried = 0
         self.durations: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.queued: Callable[[], int] = lambda: 0  # set by the run
+        # (queued, running, held) of the jobs taken and not counted as results yet.
+        self.waiting: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # set by the run
 
     def result(self, result: Any) -> None:
         """Count one `Result` emitted."""
@@ -145,19 +156,26 @@ class PoolStats:
         with self._lock:
             trackers = [*self._live, self._done]
             first = self._first
+        taken = queued = running = held = 0
+        for t in trackers:
+            taken += t.taken
+            waiting = t.waiting()
+            queued += waiting[0]
+            running += waiting[1]
+            held += waiting[2]
         totals = {
             name: sum(getattr(t, name) for t in trackers)
-            for name in ("taken", "succeeded", "failed", "timed_out", "cancelled", "dropped")
+            for name in ("succeeded", "failed", "timed_out", "cancelled", "dropped")
         }
-        queued = sum(t.queued() for t in trackers)
         finished = sum(totals[n] for n in ("succeeded", "failed", "timed_out", "cancelled"))
         durations = sorted(d for t in trackers for d in list(t.durations))
         elapsed = time.monotonic() - first if first is not None else 0.0
         completed = finished + totals["dropped"]
         return Statistics(
-            submitted=totals["taken"],
+            submitted=taken,
             queued=queued,
-            running=max(0, totals["taken"] - finished - queued),
+            running=running,
+            held=held,
             succeeded=totals["succeeded"],
             failed=totals["failed"],
             timed_out=totals["timed_out"],

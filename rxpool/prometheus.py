@@ -10,7 +10,7 @@
 
 Each scrape takes one `WorkerPool.statistics` snapshot: counters
 ``rxpool_jobs_total{outcome=...}`` and ``rxpool_retries_total``, gauges
-``rxpool_jobs_running`` and ``rxpool_jobs_queued``, and a summary-like gauge
+``rxpool_jobs_running``, ``rxpool_jobs_queued`` and ``rxpool_jobs_held``, and a summary-like gauge
 ``rxpool_job_latency_seconds{quantile=...}``.
 """
 
@@ -69,6 +69,7 @@ class PoolCollector(Collector):
         for metric, help_text, count in (
             ("rxpool_jobs_running", "Jobs running now.", s.running),
             ("rxpool_jobs_queued", "Jobs waiting in buffers or for a retry.", s.queued),
+            ("rxpool_jobs_held", "Jobs finished whose results wait to be delivered.", s.held),
         ):
             gauge = GaugeMetricFamily(metric, help_text, labels=["pool"])
             gauge.add_metric([name], count)

@@ -73,6 +73,85 @@ def test_statistics_while_running_and_after_cancel(gate: Gate) -> None:
     assert after.cancelled == 3 and after.submitted == 3
 
 
+def _parts(s: Any) -> int:
+    return s.queued + s.running + s.held + s.completed
+
+
+def test_statistics_count_the_jobs_an_observable_pushed_into_the_buffer(gate: Gate) -> None:
+    # Pushed jobs wait in the buffer: submitted and queued, not running; only
+    # the jobs on the 3 workers run. A full buffer drops jobs: submitted too.
+    with WorkerPool(3) as pool:
+        done = threading.Event()
+        source = reactivex.from_iterable([Job(gate, args=(i,)) for i in range(40)])
+        pool.run(source).subscribe(on_completed=done.set)
+        assert gate.wait_running(3)
+        live = pool.statistics()
+        assert (live.submitted, live.queued, live.running, live.held) == (40, 37, 3, 0)
+        assert live.completed == 0
+        gate.open()
+        assert done.wait(10)
+        after = pool.statistics()
+        assert after.submitted == after.completed == after.succeeded == 40
+        assert after.queued == after.running == after.held == 0
+        dropping = reactivex.from_iterable([Job(time.sleep, args=(0.01,)) for _ in range(30)])
+        results = pool.run(dropping, buffer_size=2, overflow="drop_newest").pipe(ops.to_list())
+        assert len(results.run()) == 30
+        final = pool.statistics()
+    assert final.dropped > 0
+    assert final.submitted == final.completed == 70
+
+
+def test_statistics_show_finished_jobs_held_for_order_as_held_not_running() -> None:
+    head = threading.Event()
+
+    def job(i: int) -> int:
+        if i == 0:
+            assert head.wait(10)
+        return i
+
+    with WorkerPool(4) as pool:
+        done = threading.Event()
+        jobs = [Job(job, args=(i,)) for i in range(200)]
+        pool.run(jobs, ordered=True).subscribe(on_completed=done.set)
+        # Job 0 runs; the 199 after it finished and wait for its result.
+        assert wait_until(lambda: pool.statistics().held == 199, timeout=10)
+        live = pool.statistics()
+        assert (live.running, live.queued, live.completed, live.submitted) == (1, 0, 0, 200)
+        head.set()
+        assert done.wait(10)
+        after = pool.statistics()
+    assert (after.held, after.running, after.completed) == (0, 0, 200)
+
+
+def test_statistics_never_count_more_running_than_workers_for_batched_jobs() -> None:
+    # Trivial jobs go to the threads in batches: a batch's jobs not started
+    # yet are queued, those finished and not delivered held; one runs.
+    samples: list[Any] = []
+    with WorkerPool(2) as pool:
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append(pool.statistics())
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            for ordered in (False, True):
+                assert len(list(pool.map(abs, range(100_000), ordered=ordered))) == 100_000
+        finally:
+            stop.set()
+            sampler.join(10)
+        final = pool.statistics()
+    assert len(samples) > 100
+    assert any(0 < s.completed < 200_000 for s in samples)  # the samples saw the runs
+    assert max(s.running for s in samples) <= 2
+    # A snapshot's counts are read one after another: one may count a job
+    # moving on twice, never miss one.
+    assert all(_parts(s) >= s.submitted for s in samples)
+    assert final.submitted == final.completed == 200_000 and _parts(final) == 200_000
+
+
 def test_statistics_stream_emits_snapshots() -> None:
     with WorkerPool(2) as pool:
         pool.run(Job(abs, args=(i,)) for i in range(10)).pipe(ops.to_list()).run()
