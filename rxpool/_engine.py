@@ -87,8 +87,6 @@ _GUIDED_SHARE: Final = 2
 _MAX_CHUNK: Final = 1024
 # Chunks in flight on a slot's lane (see _Run._lane_slot): one running, one queued.
 _LANE_DEPTH: Final = 2
-# How long a statistics snapshot waits for a run's lock before it reads without it.
-_STATISTICS_WAIT: Final = 0.005
 # A batch still running this long after it started (or was last flushed)
 # delivers what it has finished (see _Run._execute_flushed).
 _FLUSH_AFTER: Final = 0.002
@@ -251,8 +249,12 @@ class _Run(Generic[_T, _R]):
         """
         return None
 
-    def _waiting(self) -> tuple[int, int, int]:
-        """What the run's jobs taken and not counted as results do now: ``(queued, running, held)``.
+    def _waiting(self) -> tuple[int, int, int, int]:
+        """What the run's jobs not counted as results do: ``(queued, running, held, buffered)``.
+
+        Buffered: pushed by the source and not taken by a slot yet, which the
+        tracker does not count as taken (a count per pushed job cost
+        `map_concurrent` a few % with a progress bar); they are queued too.
 
         Queued: waiting in the buffer, for a retry, at their worker behind
         another, or in a batch behind the one running. Running: their
@@ -260,32 +262,30 @@ class _Run(Generic[_T, _R]):
         waiting for the rest of their batch, for an earlier one
         (``ordered``) or for the subscriber. (`map_concurrent` counts its
         results as it delivers them, so results waiting for order are
-        counted already.) Read under the run's lock when it can be had at
-        once or soon (everything but a batch's progress moves under it, and
-        that moves one job at a time through running); else, with a
-        subscriber holding it for long, without it: counts that may be off
-        for an instant, running still at most one per slot.
+        counted already.)
+
+        Read without the lock (a dashboard that polls must not hold up the
+        slots), in the order jobs move, so that a job moving on between two
+        reads is counted twice rather than missed: `running` (what is left)
+        may read low for an instant, and never more than one per slot.
         """
-        locked = self._lock.acquire(timeout=_STATISTICS_WAIT)
-        try:
-            queued = len(self._retry_queue) + len(self._retry_waiting) + self._at_workers
-            held = 0
-            if self._batches:
-                for batch in list(self._batches.values()):
-                    pending = batch.pending
-                    queued += len(pending) if pending is not None else max(0, batch.size - 1)
-                    held += max(0, len(batch.outcomes) - batch.delivered)
-            # The rest run, except a batch a slot took and has not started: its
-            # jobs are queued (one slot runs one job at a time).
-            rest = max(0, self._pending - queued - held)
-            running = min(rest, self._active)
-            queued += rest - running + len(self._buffer)
-            if self._count_batch is None:
-                held += len(self._reorder) + len(self._outbox)
-        finally:
-            if locked:
-                self._lock.release()
-        return queued, running, held
+        buffered = queued = len(self._buffer)
+        waiting = len(self._retry_queue) + len(self._retry_waiting) + self._at_workers
+        held = 0
+        if self._batches:
+            for batch in list(self._batches.values()):
+                pending = batch.pending
+                waiting += len(pending) if pending is not None else max(0, batch.size - 1)
+                held += max(0, len(batch.outcomes) - batch.delivered)
+        # The rest run, except a batch a slot took and has not started: its
+        # jobs are queued (one slot runs one job at a time).
+        rest = max(0, self._pending - waiting - held)
+        running = min(rest, self._active)
+        queued += waiting + rest - running
+        if self._count_batch is None:
+            held += len(self._reorder)
+            held += len(self._outbox)
+        return queued, running, held, buffered
 
     def _running(self) -> int:
         """Items whose functions run now (see `_waiting`)."""
@@ -385,8 +385,6 @@ class _Run(Generic[_T, _R]):
                     size = self._policy.buffer_size
                     self._fail(BufferOverflow(f"the buffer of {size} items is full"))
                     return
-            if self.tracker is not None:
-                self.tracker.taken += 1  # buffered or dropped, it gets a result
             if dropped is not item:
                 self._enqueue(item)
                 if self._active < self._n and not self._window_blocked and not self._rate_waiter:
@@ -804,7 +802,7 @@ class _Run(Generic[_T, _R]):
                 items = [pop() for _ in range(n)]
                 if self._producers_waiting:
                     self._space.notify()
-                return self._register(items, counted=True)
+                return self._register(items)
 
         if not self._pull_lock.acquire(not keep):
             return None  # another slot pulls the source
@@ -922,10 +920,9 @@ class _Run(Generic[_T, _R]):
             return min(want, self._window - (self._seq - self._next_emit))
         return want
 
-    def _register(self, items: list[Any], counted: bool = False) -> tuple[int, list[Any], None]:
-        """Number items taken (``counted``: from the buffer, counted as they came in)."""
+    def _register(self, items: list[Any]) -> tuple[int, list[Any], None]:
         count = len(items)
-        if self.tracker is not None and not counted:
+        if self.tracker is not None:
             self.tracker.taken += count
         first = self._seq
         self._seq = first + count
@@ -1788,10 +1785,16 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             buffer = self._buffer = PriorityBuffer(buffer)
         buffer.append(item)
 
+    def _submitted(self, count: int) -> None:
+        """Count jobs that get a result without a slot taking them (under ``_lock``)."""
+        if self.tracker is not None:
+            self.tracker.taken += count
+
     def _drop_locked(self, item: Any) -> None:
         size = self._policy.buffer_size
         now = _monotonic()
         error = Dropped(f"dropped: the buffer of {size} jobs was full")
+        self._submitted(1)
         self._emit_all([Result(None, error, item.descriptor, 1, now, now)])
 
     def _watch_token(self) -> None:
@@ -1915,6 +1918,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             return Result(None, copy_of(error), job.descriptor, 1, now, now)
 
         fresh = [cancelled(job) for job in self._buffer]
+        self._submitted(len(fresh))
         waiting = [seq for seq, *_ in self._retry_queue] + list(self._retry_waiting)
         numbered = {seq: cancelled(self._inflight.pop(seq)) for seq in waiting}
         self._pending -= len(numbered)
@@ -1942,6 +1946,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             else:
                 return False
             now = _monotonic()
+            self._submitted(1)
             self._emit_all([Result(None, error, job.descriptor, 1, now, now)])
             self._maybe_complete()
         return True
@@ -1950,8 +1955,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         parent = self._token._parent
         assert parent is not None
         now = _monotonic()
-        if self.tracker is not None:
-            self.tracker.taken += len(items)
+        self._submitted(len(items))
         self._outbox.extend(
             Result(None, parent.new_error(), job.descriptor, 1, now, now) for job in items
         )
@@ -1974,6 +1978,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
             undelivered = dict(zip(self._inflight, cancelled(self._inflight.values()), strict=True))
             undelivered.update(self._reorder)
             self._outbox.extend(undelivered[seq] for seq in sorted(undelivered))
+            self._submitted(len(self._buffer))
             self._outbox.extend(cancelled(self._buffer))
             self._inflight.clear()
             if self._pulling:

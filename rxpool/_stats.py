@@ -79,7 +79,8 @@ class Tracker:
     """One run's counts; written under the run's lock, read without it (a snapshot).
 
     ``waiting`` (set by the run) tells what its jobs taken and not counted as
-    results do now: queued, running or held (see `Statistics`).
+    results do now: queued, running or held (see `Statistics`), and how many
+    of the queued ones wait in the buffer, not counted in ``taken`` yet.
     """
 
     __slots__ = (
@@ -103,8 +104,9 @@ class Tracker:
         self.dropped = 0
         self.retried = 0
         self.durations: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        # (queued, running, held) of the jobs taken and not counted as results yet.
-        self.waiting: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # set by the run
+        # (queued, running, held, buffered) of the jobs not counted as results
+        # yet; buffered ones (pushed, not taken yet) are not in ``taken``.
+        self.waiting: Callable[[], tuple[int, int, int, int]] = lambda: (0, 0, 0, 0)  # the run's
 
     def result(self, result: Any) -> None:
         """Count one `Result` emitted."""
@@ -163,6 +165,7 @@ class PoolStats:
             queued += waiting[0]
             running += waiting[1]
             held += waiting[2]
+            taken += waiting[3]
         totals = {
             name: sum(getattr(t, name) for t in trackers)
             for name in ("succeeded", "failed", "timed_out", "cancelled", "dropped")
