@@ -537,7 +537,6 @@ class _Run(Generic[_T, _R]):
             if batch.stolen and fatal is None:
                 rest = [*rest, *[_DEFERRED] * batch.stolen]  # they come from other slots
                 deferred = True
-            batch.delivered = len(batch.outcomes)  # for statistics, until it is gone
             try:
                 self._deliver_locked(first + done, rest, fatal, deferred)
             finally:
@@ -1328,30 +1327,39 @@ class _Run(Generic[_T, _R]):
         count = len(outcomes)
         if self._count_batch is not None:
             self._count_batch.succeeded += count - outcomes.count(_DEFERRED) if deferred else count
+        # Each outcome goes where it waits (the outbox, the reorder map) before
+        # it leaves `_pending`: statistics, read without the lock, never find
+        # it in neither (see _waiting).
         if deferred:
             delivered = [(first + i, o) for i, o in enumerate(outcomes) if o is not _DEFERRED]
-            self._pending -= len(delivered)
             if self._tracked:
                 for seq, _ in delivered:
                     del self._inflight[seq]
             if self._ordered:
                 self._reorder.update(delivered)
+                self._pending -= len(delivered)
                 self._emit_in_order()
             else:
-                self._emit_all([o for _, o in delivered])
+                self._outbox.extend([o for _, o in delivered])
+                self._pending -= len(delivered)
+                self._drain()
         else:
-            self._pending -= count
             if self._tracked:
                 for seq in range(first, first + count):
                     del self._inflight[seq]
             if not self._ordered:
-                self._emit_all(outcomes)
+                self._outbox.extend(outcomes)
+                self._pending -= count
+                self._drain()
             elif first == self._next_emit:
                 self._next_emit = first + count
-                self._emit_all(outcomes)
+                self._outbox.extend(outcomes)
+                self._pending -= count
+                self._drain()
                 self._emit_in_order()
             else:
                 self._reorder.update(zip(range(first, first + count), outcomes, strict=True))
+                self._pending -= count
         if fatal is not None:
             if not self._ordered:
                 self._fail(fatal)  # as results finish: the error ends the stream now

@@ -42,9 +42,11 @@ class Statistics:
             or Dask worker behind the job it runs (chunks sent ahead).
         running: Jobs whose functions run now: at most one per worker slot.
         held: Jobs finished whose results wait to be delivered: for an earlier
-            job's result (``ordered=True``), or for the rest of their batch.
-            ``submitted == queued + running + held + completed``, read at
-            one instant; a finished run has delivered them all.
+            job's result (``ordered=True``), for the rest of their batch, or
+            for the subscriber. ``submitted == queued + running + held +
+            completed`` when nothing moves (a finished run has delivered
+            them all); while jobs move, the counts are read one after
+            another, without stopping the run, and may be off by a few.
         succeeded / failed / timed_out / cancelled / dropped: Results by outcome
             (``failed`` is any other error).
         retried: Attempts scheduled again by a `Retry` policy.

@@ -93,7 +93,10 @@ def test_map_concurrent_with_an_async_function_needs_no_thread() -> None:
 
 def test_async_function_without_a_running_loop_gets_a_private_one() -> None:
     c = Concurrency()
-    out = reactivex.range(20).pipe(rops.map_concurrent(c.job, 4), ops.to_list()).run()
+    # Jobs of 50 ms: with 2 ms ones, a busy machine once let the first job
+    # end before the fourth started (most == 2, in a full run of the suite).
+    job = functools.partial(c.job, delay=0.05)
+    out = reactivex.range(20).pipe(rops.map_concurrent(job, 4), ops.to_list()).run()
     assert sorted(out) == [2 * i for i in range(20)]
     assert c.most == 4
     assert threading.get_ident() not in c.threads  # it ran on the run's own loop thread

@@ -146,9 +146,11 @@ def test_statistics_never_count_more_running_than_workers_for_batched_jobs() -> 
     assert len(samples) > 100
     assert any(0 < s.completed < 200_000 for s in samples)  # the samples saw the runs
     assert max(s.running for s in samples) <= 2
-    # A snapshot's counts are read one after another: one may count a job
-    # moving on twice, never miss one.
-    assert all(_parts(s) >= s.submitted for s in samples)
+    # A snapshot's counts are read one after another, in the order jobs move:
+    # a job moving on between two reads may be counted twice. Only a job
+    # between two lists at that instant (popped from one, not yet in the
+    # next: one per run at most, the emitter's) can be missed.
+    assert all(_parts(s) >= s.submitted - 2 for s in samples)
     assert final.submitted == final.completed == 200_000 and _parts(final) == 200_000
 
 
