@@ -1340,22 +1340,16 @@ class _Run(Generic[_T, _R]):
                 self._pending -= len(delivered)
                 self._emit_in_order()
             else:
-                self._outbox.extend([o for _, o in delivered])
-                self._pending -= len(delivered)
-                self._drain()
+                self._emit_delivered([o for _, o in delivered])
         else:
             if self._tracked:
                 for seq in range(first, first + count):
                     del self._inflight[seq]
             if not self._ordered:
-                self._outbox.extend(outcomes)
-                self._pending -= count
-                self._drain()
+                self._emit_delivered(outcomes)
             elif first == self._next_emit:
                 self._next_emit = first + count
-                self._outbox.extend(outcomes)
-                self._pending -= count
-                self._drain()
+                self._emit_delivered(outcomes)
                 self._emit_in_order()
             else:
                 self._reorder.update(zip(range(first, first + count), outcomes, strict=True))
@@ -1375,6 +1369,12 @@ class _Run(Generic[_T, _R]):
                 self._fail(hold[1])
             return
         self._maybe_complete()
+
+    def _emit_delivered(self, outcomes: list[Any]) -> None:
+        """Emit outcomes that leave `_pending` now: queued first, then counted out."""
+        self._outbox.extend(outcomes)
+        self._pending -= len(outcomes)
+        self._drain()
 
     def _emit_in_order(self) -> None:
         """Emit what the reorder map holds from ``_next_emit`` on (under ``_lock``)."""

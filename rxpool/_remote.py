@@ -284,12 +284,12 @@ def worker_main(
     gc.freeze()
     spill = _open_spill(spill_path)
     try:
-        ended = _ending_of(program)
+        ended = _ending_of(program, conn.fileno())
     except ProcessLookupError:
         return  # the program has ended already
     while True:
         try:
-            if ended is not None and ended(conn.fileno()):
+            if ended is not None and ended():
                 return
             data = conn.recv_bytes()
         except (EOFError, OSError):
@@ -336,8 +336,8 @@ def worker_main(
             return
 
 
-def _ending_of(pid: int) -> Callable[[int], bool] | None:
-    """A wait for a file descriptor to be readable that says whether process ``pid`` ended first.
+def _ending_of(pid: int, fd: int) -> Callable[[], bool] | None:
+    """A wait until ``fd`` is readable or process ``pid`` ends: True if it ended.
 
     None where there are no pidfds (not Linux, or a Linux before 5.3).
 
@@ -352,13 +352,9 @@ def _ending_of(pid: int) -> Callable[[int], bool] | None:
         return None
     waiter = select.poll()
     waiter.register(pidfd, select.POLLIN)
-    registered = -1
+    waiter.register(fd, select.POLLIN)
 
-    def ended(fd: int) -> bool:
-        nonlocal registered
-        if fd != registered:
-            waiter.register(fd, select.POLLIN)
-            registered = fd
+    def ended() -> bool:
         return any(ready == pidfd for ready, _ in waiter.poll())
 
     return ended

@@ -160,6 +160,9 @@ class PoolStats:
         with self._lock:
             trackers = [*self._live, self._done]
             first = self._first
+        # Read without the runs' locks, in the order jobs move (taken, then
+        # where they wait or run, then results): a job moving on between two
+        # reads is counted twice, not missed (see _Run._waiting).
         taken = queued = running = held = 0
         for t in trackers:
             taken += t.taken

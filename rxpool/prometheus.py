@@ -10,8 +10,8 @@
 
 Each scrape takes one `WorkerPool.statistics` snapshot: counters
 ``rxpool_jobs_total{outcome=...}`` and ``rxpool_retries_total``, gauges
-``rxpool_jobs_running``, ``rxpool_jobs_queued`` and ``rxpool_jobs_held``, and a summary-like gauge
-``rxpool_job_latency_seconds{quantile=...}``.
+``rxpool_jobs_running``, ``rxpool_jobs_queued`` and ``rxpool_jobs_held``,
+and a summary-like gauge ``rxpool_job_latency_seconds{quantile=...}``.
 """
 
 from __future__ import annotations

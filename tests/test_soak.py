@@ -141,9 +141,9 @@ def test_thousand_subscribe_dispose_cycles_leave_nothing_behind() -> None:
                 runs_left.append(sum(isinstance(o, JobRun) for o in gc.get_objects()))
     assert wait_until(lambda: threading.active_count() <= threads_before)
     assert runs_left == [0, 0, 0], "disposed runs are still referenced"
-    # What the allocators keep grew by 3-8 MB over these cycles, flattening
-    # (glibc's arenas and pymalloc's, fragmented by threads coming and going);
-    # a run left behind each cycle would pass any such bound, as above.
+    # What the allocators keep grew by 3-8 MB over these cycles (glibc's and
+    # pymalloc's arenas, fragmented by threads coming and going); a run left
+    # behind each cycle fails the check above, whatever this bound.
     assert memory[-1] <= memory[0] + 10, f"RSS grew over the cycles: {memory}"
 
 
