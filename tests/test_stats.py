@@ -225,6 +225,8 @@ def test_prometheus_exporter_served_on_loopback() -> None:
     assert 'rxpool_jobs_total{outcome="succeeded",pool="test"} 1.0' in body
     assert 'rxpool_jobs_total{outcome="failed",pool="test"} 1.0' in body
     assert 'rxpool_jobs_submitted_total{pool="test"} 2.0' in body
+    for gauge in ("running", "queued", "held"):  # the run has ended: nothing waits or runs
+        assert f'rxpool_jobs_{gauge}{{pool="test"}} 0.0' in body
     assert 'rxpool_job_latency_seconds{pool="test",quantile="0.99"}' in body
     with pytest.raises(TypeError, match="WorkerPool"):
         PoolCollector("pool")  # type: ignore[arg-type]
