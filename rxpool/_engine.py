@@ -1038,9 +1038,21 @@ class _Run(Generic[_T, _R]):
         finished: float,
     ) -> Any:
         retry = self._retry_of(item)
-        if retry is not None and not self._stopped and retry.should_retry(error, attempt):
-            self._schedule_retry(seq, item, attempt + 1, [*errors, error], retry.delay(attempt))
-            return _DEFERRED
+        if retry is not None and not self._stopped:
+            try:
+                again = retry.should_retry(error, attempt)
+                delay = retry.delay(attempt) if again else 0.0
+            except Exception as broken:
+                # The user's retry_on or backoff raised: this job's outcome, not
+                # the run's end (#28); the job's own error stays its context.
+                broken.__context__ = error
+                broken.add_note(
+                    f"rxpool: the retry policy raised while judging attempt {attempt}'s error"
+                )
+                error, again = broken, False
+            if again:
+                self._schedule_retry(seq, item, attempt + 1, [*errors, error], delay)
+                return _DEFERRED
         if errors:
             error = chain([*errors, error])  # type: ignore[assignment]
         return self._failed(item, error, attempt, started, finished)
@@ -1581,6 +1593,7 @@ class _Cursor:
     """
 
     __slots__ = (
+        "_due",
         "_end",
         "_lock",
         "_run",
@@ -1599,6 +1612,7 @@ class _Cursor:
         self._lock = Lock()
         self._end = len(items)
         self._timer: Timer | None = None
+        self._due = 0.0  # when the timer fires, on the run's clock
         self.running: _Running | None = None
         self.token: CancelToken | None = None
         self.index = 0
@@ -1618,12 +1632,22 @@ class _Cursor:
         return token
 
     def arm(self, running: _Running) -> None:
-        """The slot starts a timed attempt: make sure a timer covers its deadline."""
+        """The slot starts a timed attempt: make sure a timer fires by its deadline.
+
+        The batch's one timer may be set for a batch mate's later deadline: a
+        shorter timeout behind a longer one re-arms it (#28), a longer one
+        leaves it (`_fire` re-arms for what runs then).
+        """
         timeout = running.timeout
+        due = running.deadline = self._run._clock_now() + timeout  # one clock with _fire's
         with self._lock:
             self.running = running
-            if self._timer is None:
+            timer = self._timer
+            if timer is None or due < self._due:
+                if timer is not None:
+                    timer.cancel()
                 self._timer = call_later(timeout, self._fire, self._run._virtual)
+                self._due = due
 
     def disarm(self) -> None:
         with self._lock:
@@ -1639,6 +1663,7 @@ class _Cursor:
             now = self._run._clock_now()
             if now < running.deadline:
                 self._timer = call_later(running.deadline - now, self._fire, self._run._virtual)
+                self._due = running.deadline
                 return
         self._run._expire(self, running)
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from ._retry import Retry
+from ._timers import check_finite
 
 __all__ = ["Job", "JobDescriptor", "Result"]
 
@@ -28,6 +29,7 @@ def check_timeout(timeout: object) -> float | None:
         )
     if math.isnan(timeout) or timeout <= 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout}")
+    check_finite("timeout", timeout, "pass timeout=None")
     return float(timeout)
 
 
@@ -107,12 +109,14 @@ class Job(Generic[_R]):
         metadata: Free-form data copied into the result.
         priority: While jobs wait in a run's buffer (a hot Observable source),
             higher priorities are dispatched first, FIFO among equals.
-        timeout: Seconds the job may run; then its result is `JobTimeout` and
-            its token is cancelled. Overrides the run's default.
+        timeout: Seconds the job may run, finite and at most
+            ``threading.TIMEOUT_MAX``; then its result is `JobTimeout` and its
+            token is cancelled. Overrides the run's default; None: no limit.
         retry: The job's `Retry` policy; overrides the run's default.
 
     Raises:
         TypeError: ``fn`` is not callable, or ``args``/``kwargs`` have the wrong type.
+        ValueError: ``timeout`` is not > 0, NaN or infinite.
     """
 
     __slots__ = (

@@ -10,6 +10,7 @@ from typing import Final
 
 from ._checks import check_count
 from ._exceptions import Cancelled
+from ._timers import check_finite
 
 __all__ = ["Retry"]
 
@@ -23,6 +24,7 @@ def _check_delay(name: str, value: object) -> float:
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
+    check_finite(name, value)
     return float(value)
 
 
@@ -42,9 +44,12 @@ class Retry:
     Args:
         attempts: Attempts in all, the first included (1 means no retry).
         backoff: Seconds before the second attempt, or ``attempt -> seconds``
-            for a schedule of your own (then ``multiplier`` is not used).
+            for a schedule of your own (then ``multiplier`` is not used). A
+            value it returns that is not a finite number >= 0 becomes that
+            job's `Result` error (a ValueError), as does any exception it or
+            a ``retry_on`` predicate raises: it never fails the whole run.
         multiplier: Growth of the wait from one attempt to the next.
-        max_delay: The longest wait.
+        max_delay: The longest wait (finite: a delay is a timer's).
         jitter: Each wait is multiplied by a random factor in ``1 ± jitter``.
         retry_on: Exception types to retry, or a predicate ``error -> bool``.
 
@@ -104,7 +109,10 @@ class Retry:
         if callable(backoff):
             base = _check_delay("backoff(attempt)", backoff(attempt))
         else:
-            base = backoff * self.multiplier ** (attempt - 1)
+            try:
+                base = backoff * self.multiplier ** (attempt - 1)
+            except OverflowError:  # a long run of attempts: the cap applies
+                base = self.max_delay
         wait = min(self.max_delay, base)
         if self.jitter:
             wait *= 1 + _random.uniform(-self.jitter, self.jitter)

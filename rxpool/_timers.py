@@ -16,6 +16,25 @@ from reactivex import abc
 _log: Final = logging.getLogger("rxpool")
 _LINGER: Final = 0.25
 
+# The longest wait the platform's timed waits take (about 292 years on 64-bit
+# Linux); a longer one raises OverflowError inside the waiting thread (#28).
+MAX_SECONDS: Final = threading.TIMEOUT_MAX
+
+
+def check_finite(name: str, seconds: float, instead: str = "") -> None:
+    """Refuse an infinite or over-long number of seconds (``seconds`` is a number, not NaN).
+
+    Raises:
+        ValueError: ``seconds`` is infinite or over `MAX_SECONDS`; ``instead``
+            ends the message with what to pass for "never".
+    """
+    if not -MAX_SECONDS <= seconds <= MAX_SECONDS:
+        hint = f"; for no limit, {instead}" if instead else ""
+        raise ValueError(
+            f"{name} must be a finite number of seconds, at most {MAX_SECONDS:.4g}"
+            f" (the longest wait a timer takes), got {seconds}{hint}"
+        )
+
 
 class Timer:
     """A pending call; `cancel` is safe from any thread, before or after it fires."""
@@ -57,6 +76,11 @@ class _Watchdog:
         self._sleeping_until = math.inf  # the deadline the thread waits for
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        # Checked here, on the caller's thread: a NaN would break the heap's
+        # order and an infinite deadline would overflow the thread's wait.
+        if math.isnan(delay):
+            raise ValueError("delay must not be NaN")
+        check_finite("delay", delay)
         timer = Timer(time.monotonic() + delay, callback)
         with self._cond:
             heapq.heappush(self._heap, (timer.deadline, next(self._counter), timer))
@@ -89,31 +113,52 @@ class _Watchdog:
                 heapq.heapify(self._heap)
 
     def _loop(self) -> None:
-        cond = self._cond
+        # One thread serves every pool in the process: nothing may end it but
+        # lingering with no timer pending (#28).
         while True:
-            with cond:
-                while True:
-                    heap = self._heap
-                    while heap and heap[0][2].cancelled:
-                        heapq.heappop(heap)
-                    if not heap:
-                        self._sleeping_until = math.inf
-                        if not cond.wait(_LINGER) and not self._heap:
-                            self._thread = None
-                            return
-                        continue
-                    wait = heap[0][0] - time.monotonic()
-                    if wait <= 0:
-                        timer = heapq.heappop(heap)[2]
-                        timer.cancelled = True  # fired: a late cancel() is a no-op
-                        self._live -= 1
-                        break
-                    self._sleeping_until = heap[0][0]
-                    cond.wait(wait)
+            try:
+                timer = self._next_due()
+            except BaseException:
+                _log.exception("rxpool: the timer thread failed on its next timer; dropped it")
+                self._drop_next()
+                continue
+            if timer is None:
+                return
             try:
                 timer.callback()
             except BaseException:
                 _log.exception("rxpool: a timer callback raised")
+
+    def _drop_next(self) -> None:
+        with self._cond:
+            if self._heap:
+                timer = heapq.heappop(self._heap)[2]
+                if not timer.cancelled:
+                    timer.cancelled = True
+                    self._live -= 1
+
+    def _next_due(self) -> Timer | None:
+        """Wait for the next timer due and take it; None: the thread exits (it lingered)."""
+        cond = self._cond
+        with cond:
+            while True:
+                heap = self._heap
+                while heap and heap[0][2].cancelled:
+                    heapq.heappop(heap)
+                if not heap:
+                    self._sleeping_until = math.inf
+                    if not cond.wait(_LINGER) and not self._heap:
+                        self._thread = None
+                        return None
+                    continue
+                wait = heap[0][0] - time.monotonic()
+                if wait <= 0:
+                    timer = heapq.heappop(heap)[2]
+                    timer.cancelled = True  # fired: a late cancel() is a no-op
+                    self._live -= 1
+                    return timer
+                self._sleeping_until = heap[0][0]
+                cond.wait(min(wait, MAX_SECONDS))
 
 
 _WATCHDOG: Final = _Watchdog()

@@ -12,6 +12,7 @@ from typing import Final
 from reactivex import abc
 
 from ._exceptions import Cancelled, DeadlineExceeded
+from ._timers import MAX_SECONDS, check_finite
 
 __all__ = ["CancelToken"]
 
@@ -84,11 +85,13 @@ class CancelToken:
 
         Raises:
             TypeError: ``seconds`` is not a number.
-            ValueError: ``seconds`` is NaN or negative.
+            ValueError: ``seconds`` is NaN, negative, infinite or over
+                ``threading.TIMEOUT_MAX`` (for no deadline: ``CancelToken()``).
         """
         seconds = _check_seconds("seconds", seconds)
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
+        check_finite("seconds", seconds, "use CancelToken() with no deadline")
         return cls.with_deadline(time.monotonic() + seconds, parent=parent)
 
     @classmethod
@@ -97,9 +100,15 @@ class CancelToken:
 
         Raises:
             TypeError: ``deadline`` is not a number.
-            ValueError: ``deadline`` is NaN.
+            ValueError: ``deadline`` is NaN, or infinitely or over
+                ``threading.TIMEOUT_MAX`` seconds away.
         """
         deadline = _check_seconds("deadline", deadline)
+        check_finite(
+            "deadline - time.monotonic()",
+            deadline - time.monotonic(),
+            "use CancelToken() with no deadline",
+        )
         token = cls(parent=parent)
         token._set_deadline(deadline)
         return token
@@ -113,8 +122,6 @@ class CancelToken:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             self._cancel(DeadlineExceeded("deadline exceeded"))
-            return
-        if math.isinf(remaining):
             return
         timer = threading.Timer(remaining, self._expire)
         timer.daemon = True
@@ -183,7 +190,8 @@ class CancelToken:
         if deadline is not None:
             until = deadline - time.monotonic()
             timeout = until if timeout is None else min(timeout, until)
-        event.wait(timeout)
+        # Longer than a timed wait takes: as long as it takes (for ever, in practice).
+        event.wait(None if timeout is not None and timeout > MAX_SECONDS else timeout)
         return self.cancelled
 
     # -- cancelling ---------------------------------------------------------------------------

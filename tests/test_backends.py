@@ -4,6 +4,7 @@ accounting and cancellation on threads, the asyncio loop, processes and Dask."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -270,6 +271,63 @@ def test_timeout_reports_job_timeout_and_the_run_goes_on(backend: Any) -> None:
     assert len(results) == 21
     assert isinstance(by_id["slow"].error, JobTimeout)
     assert all(by_id[i].value == 2 * i for i in range(20))
+
+
+@pytest.mark.parametrize("mates", [1, 30])
+def test_a_short_timeout_behind_longer_ones_fires_at_its_own_deadline(
+    backend: Any, mates: int
+) -> None:
+    """The run's 10 s default arms the batch's timer first; the 0.05 s job still ends at 0.05 s."""
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(mates)]
+        jobs.append(Job(_jobs.sleep_for, args=(1.0,), timeout=0.05, id="short"))
+        results = collect(pool.run(jobs, timeout=10.0)).values
+    by_id = {r.id: r for r in results}
+    assert len(results) == mates + 1
+    short = by_id["short"]
+    assert isinstance(short.error, JobTimeout)
+    assert short.finished - short.started < 0.5, short.finished - short.started
+    assert all(by_id[i].value == 2 * i for i in range(mates))
+
+
+def _raising_predicate(error: BaseException) -> bool:
+    raise RuntimeError("the predicate broke")
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [
+        Retry(3, retry_on=_raising_predicate),
+        Retry(3, backoff=lambda attempt: -1.0),
+        Retry(3, backoff=lambda attempt: math.nan),
+    ],
+    ids=["retry_on-raises", "backoff-negative", "backoff-nan"],
+)
+def test_a_retry_policy_that_fails_becomes_that_jobs_result(backend: Any, retry: Retry) -> None:
+    failing = frozenset(range(0, 20, 4))
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = [Job(_jobs.fail_on, args=(i, failing), id=i, retry=retry) for i in range(20)]
+        out = collect(pool.run(jobs))
+    assert not out.errors, out.errors  # the stream completed
+    by_id = {r.id: r for r in out.values}
+    assert sorted(by_id) == list(range(20))
+    for i, result in by_id.items():
+        if i in failing:
+            assert isinstance(result.error, RuntimeError | ValueError), result.error
+            assert isinstance(result.error.__context__, ValueError)  # the job's own error
+            assert result.attempt == 1
+        else:
+            assert result.value == i
+
+
+def test_a_retry_policy_that_fails_ends_map_concurrent_with_that_error(backend: Any) -> None:
+    fn = functools.partial(_jobs.fail_on, failing=frozenset({3}))
+    stream = reactivex.from_iterable(range(10)).pipe(
+        rops.map_concurrent(fn, 2, backend=backend, retry=Retry(3, retry_on=_raising_predicate))
+    )
+    out = collect(stream)
+    assert len(out.errors) == 1 and isinstance(out.errors[0], RuntimeError), out.errors
+    assert isinstance(out.errors[0].__context__, ValueError)
 
 
 def test_retry_until_success(backend: Any, tmp_path: Path) -> None:

@@ -446,3 +446,61 @@ def test_cancel_while_a_slot_pulls_the_source_still_reports_that_job(gate: Gate)
         gate.open()
     assert sorted(r.id for r in rec.values) == ["a", "b"]
     assert all(isinstance(r.error, Cancelled) for r in rec.values)
+
+
+# -- durations a timer cannot take, and policies that raise (#28) ------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("inf"), 1e10, 1e300])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda bad: Job(str, timeout=bad),
+        lambda bad: rops.run_jobs(2, timeout=bad),
+        lambda bad: rops.map_concurrent(str, 2, timeout=bad),
+        lambda bad: WorkerPool(1).run([], timeout=bad),
+        lambda bad: CancelToken.with_timeout(bad),
+        lambda bad: CancelToken.with_deadline(time.monotonic() + bad),
+        lambda bad: Retry(3, backoff=bad),
+        lambda bad: Retry(3, max_delay=bad),
+    ],
+    ids=[
+        "job",
+        "run_jobs",
+        "map_concurrent",
+        "pool.run",
+        "with_timeout",
+        "with_deadline",
+        "backoff",
+        "max_delay",
+    ],
+)
+def test_a_duration_no_timer_can_wait_for_is_refused_at_the_call(call: Any, bad: float) -> None:
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        call(bad)
+
+
+def test_timeouts_still_fire_after_a_backoff_asked_for_an_endless_wait() -> None:
+    """A bad delay fails its own job; the process-wide timer thread goes on serving."""
+
+    def fail() -> None:
+        raise ConnectionError("down")
+
+    endless = Retry(3, backoff=lambda attempt: float("inf"))
+    with WorkerPool(2) as pool:
+        first = pool.run([Job(fail, id="f", retry=endless)]).pipe(ops.to_list()).run()
+        assert [type(r.error) for r in first] == [ValueError]
+        assert isinstance(first[0].error.__context__, ConnectionError)
+        release = threading.Event()
+        try:
+            jobs = [Job(release.wait, args=(10,), id="t", timeout=0.05)]
+            second = pool.run(jobs).pipe(ops.to_list()).run()
+        finally:
+            release.set()
+    assert [type(r.error) for r in second] == [JobTimeout]
+
+
+def test_a_token_wait_longer_than_a_timer_takes_waits_until_cancelled() -> None:
+    token = CancelToken()
+    threading.Timer(0.05, token.cancel).start()
+    assert token.wait(1e12) is True
