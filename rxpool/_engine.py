@@ -30,6 +30,7 @@ One `_Run` is one subscription. Its path (see DESIGN.md)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import operator
@@ -45,6 +46,7 @@ from reactivex.disposable import Disposable, SingleAssignmentDisposable
 from reactivex.scheduler import VirtualTimeScheduler
 
 from . import _aio
+from ._emitter import Emitter
 from ._exceptions import (
     BufferOverflow,
     Cancelled,
@@ -96,13 +98,51 @@ _DEFERRED: Final = object()  # an outcome that comes later (retry) or came alrea
 _RUNNING: Final = object()  # a timed attempt whose function runs and whose deadline is ahead
 
 
-class _Terminal:
-    """The terminal notification, queued behind the values before it."""
+class _Here(threading.local):
+    handoff = False  # this thread queues notifications but does not deliver them
 
-    __slots__ = ("error",)
 
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
+_here: Final = _Here()
+
+
+@contextlib.contextmanager
+def _handing_off() -> Iterator[None]:
+    """On this thread, for the block: a slot delivers what the run queues (see `_Run._emit`)."""
+    before, _here.handoff = _here.handoff, True
+    try:
+        yield
+    finally:
+        _here.handoff = before
+
+
+class _RunLock:
+    """A run's lock: an RLock whose outermost release delivers what the run queued.
+
+    Every part queues notifications under this lock; the emitter delivers them
+    only once the releasing thread holds no level of it, so observer callbacks
+    never run under it (#23). ``depth`` is only changed by the thread that
+    holds the lock (the one ``Condition.wait`` on it saves and restores it).
+    """
+
+    __slots__ = ("_acquire", "_release", "_run", "depth", "raw")
+
+    def __init__(self, run: _Run[Any, Any]) -> None:
+        self.raw = RLock()
+        self._acquire = self.raw.acquire
+        self._release = self.raw.release
+        self._run = run
+        self.depth = 0
+
+    def __enter__(self) -> None:
+        self._acquire()
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        last = not self.depth
+        self._release()
+        if last and self._run._emitter.pending:
+            self._run._emit()
 
 
 class Counters:
@@ -183,8 +223,8 @@ class _Run(Generic[_T, _R]):
         # Runs that must account for every item, or that defer outcomes, track them.
         self._tracked = policy.timeout is not None or policy.retry is not None
 
-        self._lock = RLock()
-        self._space = Condition(self._lock)
+        self._lock = _RunLock(self)
+        self._space = Condition(self._lock.raw)
         self._pull_lock = Lock()
         self._iterator: Iterator[Any] | None = None
         self._length = policy.total  # items the source gives, when known (see _remaining)
@@ -219,9 +259,8 @@ class _Run(Generic[_T, _R]):
         # pop the entry; the one that gets it reports the attempt.
         self._timed: dict[tuple[int, int], object] = {}
         self._stopped = False  # no more work is taken or delivered
-        self._disposed = False  # the observer must not hear from us again
-        self._outbox: deque[Any] = deque()  # notifications waiting for the observer
-        self._draining = False
+        self._drain_queued = False  # a slot's drain task is spawned, not started yet
+        self._retired = False  # on_finished was called
         self._pulling = False  # a slot is in next(iterator), outside the lock
         self._terminal_deferred = False  # a cancel waits for that pull to end
 
@@ -240,6 +279,9 @@ class _Run(Generic[_T, _R]):
             if self._count is None:
                 self._count_batch = tracker
             tracker.waiting = self._waiting
+        self._emitter: Emitter[_R] = Emitter(
+            observer, self._count, self._subscriber_failed, self._retire
+        )
 
     def _counter(self, tracker: Tracker) -> Callable[[Any], None] | None:
         """How the emitter counts one value; None: count whole batches as they are delivered.
@@ -284,7 +326,7 @@ class _Run(Generic[_T, _R]):
         queued += waiting + rest - running
         if self._count_batch is None:
             held += len(self._reorder)
-            held += len(self._outbox)
+            held += len(self._emitter.outbox)
         return queued, running, held, buffered
 
     def _running(self) -> int:
@@ -370,8 +412,11 @@ class _Run(Generic[_T, _R]):
                 if overflow == "block":
                     if self._blocking:
                         self._producers_waiting += 1
+                        depth = self._lock.depth  # the wait releases every level
+                        self._lock.depth = 0
                         while len(self._buffer) >= self._policy.buffer_size and not self._stopped:
                             self._space.wait()
+                        self._lock.depth = depth
                         self._producers_waiting -= 1
                         if self._stopped:
                             return
@@ -480,6 +525,8 @@ class _Run(Generic[_T, _R]):
                     batch = 1
                 if outcome is not None:
                     self._deliver(first, *outcome)
+                elif self._emitter.pending:  # a flushed batch delivered itself
+                    self._emitter.drain()
         except BaseException as error:
             # Only a bug or an interrupt gets here; the run must still end.
             with self._lock:
@@ -1080,8 +1127,13 @@ class _Run(Generic[_T, _R]):
         """The watchdog: a job ran past its timeout. Report it now; its slot stays busy.
 
         The jobs behind it in its slot's batch, not yet started, go to the ready
-        queue (they keep their sequence numbers), so other slots run them.
+        queue (they keep their sequence numbers), so other slots run them. The
+        timer thread serves every pool: a slot delivers the result.
         """
+        with _handing_off():
+            self._expire_now(cursor, running)
+
+    def _expire_now(self, cursor: _Cursor, running: _Running) -> None:
         seq, attempt = running.key
         item = running.item
         error = JobTimeout(
@@ -1326,9 +1378,15 @@ class _Run(Generic[_T, _R]):
     def _deliver(
         self, first: int, outcomes: list[Any], fatal: Exception | None, deferred: bool
     ) -> None:
-        """Deliver final outcomes for ``first, first + 1, ...``; ``_DEFERRED`` ones come later."""
+        """Deliver final outcomes for ``first, first + 1, ...``; ``_DEFERRED`` ones come later.
+
+        Called by slots: while the subscriber is busy with other results, the
+        slot waits for it here before it takes more work (backpressure).
+        """
         with self._lock:
             self._deliver_locked(first, outcomes, fatal, deferred)
+        if self._emitter.pending:
+            self._emitter.drain()
 
     def _deliver_locked(
         self, first: int, outcomes: list[Any], fatal: Exception | None, deferred: bool
@@ -1384,80 +1442,77 @@ class _Run(Generic[_T, _R]):
 
     def _emit_delivered(self, outcomes: list[Any]) -> None:
         """Emit outcomes that leave `_pending` now: queued first, then counted out."""
-        self._outbox.extend(outcomes)
+        self._emitter.put_all(outcomes)
         self._pending -= len(outcomes)
-        self._drain()
 
     def _emit_in_order(self) -> None:
         """Emit what the reorder map holds from ``_next_emit`` on (under ``_lock``)."""
         reorder = self._reorder
         seq = self._next_emit
         if seq in reorder:
-            put = self._outbox.append  # straight there: never in neither (see _waiting)
+            put = self._emitter.put  # straight there: never in neither (see _waiting)
             while seq in reorder:
                 put(reorder.pop(seq))
                 seq += 1
             self._next_emit = seq
-            self._drain()
         if self._window_blocked and not self._stopped:
             self._window_blocked = False
             self._kick()
 
     def _emit_all(self, values: Iterable[Any]) -> None:
         """Queue values for the observer and drain the queue (under ``_lock``)."""
-        self._outbox.extend(values)
-        self._drain()
+        self._emitter.put_all(values)
 
     def _terminate(self, error: Exception | None) -> None:
         """Queue the terminal notification after what is queued (under ``_lock``)."""
-        self._outbox.append(_Terminal(error))
-        self._drain()
+        self._emitter.put_terminal(error)
 
-    def _drain(self) -> None:
-        # Queue-drain: a subscriber that cancels or fails the run from inside
-        # on_next re-enters here; its notifications are queued behind the ones
-        # being emitted, so a batch half emitted is never lost.
-        if self._draining:
-            return
-        self._draining = True
-        outbox = self._outbox
-        observer = self._observer
-        count = self._count
+    def _emit(self) -> None:
+        """Deliver what the emitter holds; called with no run lock held (see `_RunLock`).
+
+        On a thread that must not run the observer (`_here.handoff`: a token
+        cancel, a pool close, the timer thread) a slot delivers instead (#28).
+        """
+        if _here.handoff:
+            if self._drain_queued:
+                return  # the slot's drain delivers this too
+            self._drain_queued = True
+            if self._hand_off():
+                return
+            self._drain_queued = False  # no slot can: deliver here
+        self._emitter.drain(block=False)
+
+    def _hand_off(self) -> bool:
+        """Have a slot's thread (or the loop) drain the emitter; False if none can."""
         try:
-            while outbox and not self._disposed:
-                value = outbox.popleft()
-                if type(value) is _Terminal:
-                    self._disposed = True
-                    outbox.clear()
-                    try:
-                        if value.error is not None:
-                            observer.on_error(value.error)
-                        else:
-                            observer.on_completed()
-                    except Exception:
-                        _log.exception("rxpool: the subscriber's terminal handler raised")
-                    return
-                if count is not None:
-                    count(value)
-                try:
-                    observer.on_next(value)
-                except Exception as error:
-                    self._subscriber_failed(error, value)
-                    return
-        finally:
-            self._draining = False
+            if self._loop_slots is not None:
+                self._loop_slots.spawn(self._adrain)
+            else:
+                self._slots.spawn(self._drain_task)
+        except Exception:  # the threads or the loop are closing
+            return False
+        return True
+
+    def _drain_task(self) -> None:
+        self._drain_queued = False  # first: what is queued from now on needs a new one
+        self._emitter.drain()
+
+    async def _adrain(self) -> None:
+        self._drain_task()
 
     def _subscriber_failed(self, error: Exception, value: Any) -> None:
-        """The subscriber's on_next raised: cancel the run and report the error once."""
-        self._stopped = True
-        self._disposed = True
-        self._outbox.clear()
+        """The subscriber's on_next raised (the emitter is closed): cancel the run, report once."""
+        with self._lock:
+            stopped, self._stopped = self._stopped, True
         self._token.cancel("the subscriber's on_next raised")
         try:
             self._observer.on_error(error)
         except Exception:
             _log.exception("rxpool: on_next raised for %r and on_error raised too", value)
-        self._finish()
+        if stopped:
+            self._retire()  # _finish ran already, and left it to the terminal
+        else:
+            self._finish()
 
     def _maybe_complete(self) -> None:
         """End the run once the source is done and nothing is pending (under ``_lock``)."""
@@ -1480,16 +1535,20 @@ class _Run(Generic[_T, _R]):
     def dispose(self) -> None:
         """Stop the run: emit nothing more, start no job, cancel the running jobs' token."""
         with self._lock:
-            self._disposed = True
-            self._outbox.clear()
-            if self._stopped:
-                return
-            self._stopped = True
+            self._emitter.close()
+            stopped, self._stopped = self._stopped, True
+        if stopped:
+            self._retire()  # its terminal notification, if queued, is not delivered now
+            return
         self._token.cancel("the subscription was disposed")
         self._finish()
 
     def stop_intake(self) -> None:
         """Take nothing more from the source; queued items end as `Cancelled` (pool close)."""
+        with _handing_off():
+            self._stop_intake()
+
+    def _stop_intake(self) -> None:
         with self._lock:
             if self._stopped:
                 return
@@ -1520,8 +1579,6 @@ class _Run(Generic[_T, _R]):
         self._source_subscription.dispose()
         if self._loop_slots is not None:
             self._loop_slots.cancel()  # slot tasks still awaiting a job or the source
-        if self._progress is not None:
-            self._progress.close()
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
                 "run %x ends: %d items taken, %d without a delivered outcome",
@@ -1533,6 +1590,18 @@ class _Run(Generic[_T, _R]):
         if link is not None:
             link.dispose()
         self._token.detach()
+        if self._emitter.closed:
+            self._retire()
+        # else the terminal notification is queued: the emitter retires the run after it
+
+    def _retire(self) -> None:
+        """Tell the owner the run is over, once: after its terminal notification, or dispose."""
+        with self._lock:
+            if self._retired:
+                return
+            self._retired = True
+        if self._progress is not None:
+            self._progress.close()  # after the last result was counted
         if self._on_finished is not None:
             self._on_finished(self)
 
@@ -1989,13 +2058,20 @@ class JobRun(_Run[Job[Any], Result[Any]]):
         assert parent is not None
         now = _monotonic()
         self._submitted(len(items))
-        self._outbox.extend(
+        self._emitter.put_all(
             Result(None, parent.new_error(), job.descriptor, 1, now, now) for job in items
         )
         super()._taken_while_stopping(items)
 
     def _cancel_from_caller(self) -> None:
-        """The caller's token was cancelled: every job taken gets a Cancelled result, then done."""
+        """The caller's token was cancelled: every job taken gets a Cancelled result, then done.
+
+        Runs on the cancelling thread, which only queues them: a slot delivers (#28).
+        """
+        with _handing_off():
+            self._cancel_now()
+
+    def _cancel_now(self) -> None:
         with self._lock:
             if self._stopped:
                 return
@@ -2010,15 +2086,14 @@ class JobRun(_Run[Job[Any], Result[Any]]):
 
             undelivered = dict(zip(self._inflight, cancelled(self._inflight.values()), strict=True))
             undelivered.update(self._reorder)
-            self._outbox.extend(undelivered[seq] for seq in sorted(undelivered))
+            self._emitter.put_all(undelivered[seq] for seq in sorted(undelivered))
             self._submitted(len(self._buffer))
-            self._outbox.extend(cancelled(self._buffer))
+            self._emitter.put_all(cancelled(self._buffer))
             self._inflight.clear()
             if self._pulling:
                 # A slot is pulling jobs from the source right now: they are taken
                 # too, so it reports them and ends the stream when it returns.
                 self._terminal_deferred = True
-                self._drain()
             else:
                 self._terminate(None)
         self._token.cancel(parent.new_error())

@@ -1732,3 +1732,110 @@ def test_dask_worker_processes_lost_worker_and_dispose() -> None:
             subscription.dispose()
             # Queued jobs never reach the cluster; pending futures are cancelled.
             assert wait_until(lambda: not client.futures, timeout=20)
+
+
+# -- the subscriber is called outside the run's locks (#23, #28) -------------------------------
+
+
+def _parked_subscriber() -> tuple[Recorder, threading.Event, threading.Event, Any]:
+    """An observer whose first on_next parks until ``release``; ``inside`` is set then."""
+    recorder = Recorder()
+    inside, release = threading.Event(), threading.Event()
+
+    def on_next(value: Any) -> None:
+        recorder.on_next(value)
+        inside.set()
+        assert release.wait(10), "the test never released on_next"
+
+    return recorder, inside, release, on_next
+
+
+def _returns_while_parked(action: Any, release: threading.Event) -> bool:
+    """Run ``action`` on a thread; True if it returns while on_next is still parked."""
+    done = threading.Event()
+
+    def call() -> None:
+        action()
+        done.set()
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        return done.wait(5) and not release.is_set()
+    finally:
+        release.set()
+        caller.join(10)
+
+
+def test_dispose_returns_while_on_next_runs_and_nothing_comes_after(backend: Any) -> None:
+    recorder, inside, release, on_next = _parked_subscriber()
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = (Job(_jobs.double, args=(i,), id=i) for i in range(200))
+        subscription = pool.run(jobs).subscribe(on_next, recorder.on_error, recorder.on_completed)
+        assert inside.wait(10)
+        assert _returns_while_parked(subscription.dispose, release)
+        count = len(recorder.values)
+    assert len(recorder.values) == count == 1  # the parked call finished; nothing after it
+    assert not recorder.ended.is_set()
+
+
+def test_cancel_returns_while_on_next_runs_and_results_come_on_a_pool_thread(
+    backend: Any,
+) -> None:
+    recorder, inside, release, on_next = _parked_subscriber()
+    callers: list[int] = []
+    threads: set[int] = set()
+
+    def on_next_where(value: Any) -> None:
+        threads.add(threading.get_ident())
+        on_next(value)
+
+    token = CancelToken()
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = [Job(_jobs.double, args=(0,), id=0)] + [
+            Job(_jobs.sleep_for, args=(0.01,), id=i) for i in range(1, 300)
+        ]
+        # A hot source: all 300 are taken (buffered) before the cancel, as in #28's report.
+        pool.run(reactivex.from_iterable(jobs), token=token).subscribe(
+            on_next_where, recorder.on_error, recorder.on_completed
+        )
+        assert inside.wait(10)
+
+        def cancel() -> None:
+            callers.append(threading.get_ident())
+            token.cancel()
+
+        assert _returns_while_parked(cancel, release)
+        assert recorder.ended.wait(30)
+    assert not recorder.errors
+    ids = [r.id for r in recorder.values]
+    assert len(ids) == len(set(ids)) == 300  # every job one result, cancelled ones too
+    assert any(isinstance(r.error, Cancelled) for r in recorder.values)
+    assert callers[0] not in threads  # the cancelling thread never ran on_next
+
+
+def test_cancel_by_a_caller_holding_the_lock_on_next_takes_does_not_deadlock(
+    backend: Any,
+) -> None:
+    lock = threading.Lock()
+    recorder = Recorder()
+    first = threading.Event()
+
+    def on_next(value: Any) -> None:
+        first.set()
+        with lock:
+            recorder.on_next(value)
+
+    token = CancelToken()
+    with WorkerPool(2, backend=backend) as pool:
+        jobs = (Job(_jobs.sleep_for, args=(0.005,), id=i) for i in range(2000))
+        pool.run(jobs, token=token, buffer_size=64).subscribe(
+            on_next, recorder.on_error, recorder.on_completed
+        )
+        assert first.wait(10)
+        with lock:
+            token.cancel()  # before: every pending job's on_next ran right here, and waited
+        assert recorder.ended.wait(30)
+    assert not recorder.errors
+    ids = [r.id for r in recorder.values]
+    assert len(ids) == len(set(ids))
