@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import inspect
+import mmap
 import os
 import pickle
 import select
@@ -29,10 +30,17 @@ Outcome = tuple[bool, Any, float]
 # A record of a spill file: the chunk's number, how many outcomes follow and
 # the length of their pickle (see worker_main and `load_outcomes`).
 SPILL_HEADER: Final = struct.Struct("<qII")
-# A segment bigger than this is not spilled (nor, to keep the file in order,
-# the rest of its chunk): a job returning large values would write each one
-# twice, and fill a small temporary directory.
+# The size of a spill file: the records of one chunk, from its start. An
+# outcome that does not fit is not spilled (nor, to keep the records in
+# order, the rest of its chunk): a job returning large values would copy
+# each one twice, and fill a small temporary directory.
 SPILL_MAX: Final = 1 << 20
+_HEADER_SIZE: Final = SPILL_HEADER.size
+_NO_RECORD: Final = bytes(_HEADER_SIZE)  # a header of no chunk: the end of the records
+_pack_header: Final = SPILL_HEADER.pack_into
+# A chunk's outcomes go back pickled in segments of this many seconds' calls
+# (see worker_main).
+SEGMENT_EVERY: Final = 0.001
 
 
 def run_calls(calls: Sequence[Call], *, sent: bool = False) -> list[Outcome]:
@@ -241,9 +249,7 @@ def load_outcomes(segment: bytes, calls: int) -> list[Outcome]:
     return outcomes
 
 
-def worker_main(
-    conn: Any, mark: Any, at: Any, spill_path: str | None, spill_every: float, program: int
-) -> None:
+def worker_main(conn: Any, mark: Any, at: Any, spill_path: str | None, program: int) -> None:
     """A process worker: run chunks from ``conn`` until it closes or asks it to exit.
 
     A chunk comes as ``(seq, [pickled call, ...])``; an empty message asks
@@ -257,14 +263,15 @@ def worker_main(
     again, say) is known to have died starting.
 
     The outcomes go back as one message a chunk, a list of pickled segments
-    (``(calls, pickled outcomes)`` each: see `load_outcomes`).
-    Every ``spill_every`` seconds the outcomes finished since the last
-    segment become a segment, also appended to the file at ``spill_path``
-    (emptied at each chunk; the parent keeps it open, the worker unlinks
-    it): if the process dies, the parent reads from it the outcomes of the
-    calls finished before the last ``spill_every`` seconds. A file, not the
-    pipe: a write to it wakes no thread of the parent's. A segment over
-    `SPILL_MAX` bytes ends the chunk's spilling.
+    (``(calls, pickled outcomes)`` each: see `load_outcomes`), one for the
+    calls finished in each `SEGMENT_EVERY` seconds: a value that fails to
+    load in the parent fails its segment, not the whole chunk. Each call's
+    outcome is also written, as it finishes, to the file at ``spill_path``
+    (`SPILL_MAX` bytes the parent made; the worker maps it and unlinks it):
+    if the process dies, the parent reads from it the outcome of every call
+    the chunk had finished (`read_spill`). The file is mapped, so a record
+    costs a pickle and a copy, not a system call, and it outlives a process
+    killed outright; it wakes no thread of the parent's.
 
     Between chunks the worker also watches ``program``, the process that
     started it (a pidfd, where Linux has them), and exits when it ends: the
@@ -282,7 +289,7 @@ def worker_main(
     """
     at[1] = -1  # the process started: it was all zeros (see _Worker.started)
     gc.freeze()
-    spill = _open_spill(spill_path)
+    spill = _Spill.open(spill_path)
     try:
         ended = _ending_of(program, conn.fileno())
     except ProcessLookupError:
@@ -299,11 +306,10 @@ def worker_main(
         seq, blobs = pickle.loads(data)
         segments: list[tuple[int, bytes]] = []
         outcomes: list[Outcome] = []  # finished since the last segment
-        if spill is not None:
-            spill = _spilled(spill, b"")
-        spilling = spill is not None
         at[1] = -1  # first: a kill between the two writes must not blame an old index
         at[0] = seq
+        if spill is not None:
+            spill.start(seq)
         last = time.perf_counter()
         for index, blob in enumerate(blobs):
             at[1] = index
@@ -317,16 +323,11 @@ def worker_main(
                     outcomes.append((False, error, 0.0))
                 else:
                     outcomes.extend(run_calls([call], sent=True))
-            if spilling and time.perf_counter() - last >= spill_every:
-                segment = dumps_outcomes(outcomes)
-                header = SPILL_HEADER.pack(seq, len(outcomes), len(segment))
-                segments.append((len(outcomes), segment))
+            if spill is not None:
+                spill.write(outcomes[-1])
+            if time.perf_counter() - last >= SEGMENT_EVERY:
+                segments.append((len(outcomes), dumps_outcomes(outcomes)))
                 outcomes = []
-                if len(segment) > SPILL_MAX:
-                    spilling = False  # the rest of this chunk goes with the chunk only
-                elif spill is not None:
-                    spill = _spilled(spill, header + segment)
-                    spilling = spill is not None
                 last = time.perf_counter()
         if outcomes or not segments:
             segments.append((len(outcomes), dumps_outcomes(outcomes)))
@@ -334,6 +335,66 @@ def worker_main(
             conn.send_bytes(pickle.dumps(segments, protocol=pickle.HIGHEST_PROTOCOL))
         except (EOFError, OSError):
             return
+
+
+class _Spill:
+    """A worker's record of the outcomes of the chunk it runs, in a mapped file.
+
+    The records of one chunk, one a call, start at the file's beginning;
+    each is its `SPILL_HEADER` then its pickle, the header written after the
+    pickle, so the last record a killed process leaves is whole or is not
+    there (`read_spill` stops at the first header of another chunk).
+    """
+
+    __slots__ = ("map", "offset", "seq", "spilling")
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self.map = mapped
+        self.offset = 0
+        self.seq = 0
+        self.spilling = True
+
+    @classmethod
+    def open(cls, path: str | None) -> _Spill | None:
+        """The spill file at ``path`` mapped, and unlinked (the parent holds it open)."""
+        if path is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            mapped = mmap.mmap(fd, SPILL_MAX)
+        except (OSError, ValueError):  # not the size the parent made it
+            return None
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return cls(mapped)
+
+    def start(self, seq: int) -> None:
+        """Begin the records of chunk ``seq``: a header of no chunk ends the last one's."""
+        self.map[:_HEADER_SIZE] = _NO_RECORD
+        self.offset, self.seq, self.spilling = 0, seq, True
+
+    def write(self, outcome: Outcome) -> None:
+        """Record the outcome of the chunk's next call (unless an earlier one did not fit)."""
+        if not self.spilling:
+            return
+        try:
+            data = pickle.dumps([outcome], protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            data = dumps_outcomes([outcome])  # its NotSendable, as through the pipe
+        offset = self.offset
+        start = offset + _HEADER_SIZE
+        end = start + len(data)
+        if end + _HEADER_SIZE > SPILL_MAX:
+            self.spilling = False  # the rest of this chunk goes with the chunk only
+            return
+        self.map[start : end + _HEADER_SIZE] = data + _NO_RECORD  # the end, for now
+        _pack_header(self.map, offset, self.seq, 1, len(data))
+        self.offset = end
 
 
 def _ending_of(pid: int, fd: int) -> Callable[[], bool] | None:
@@ -360,40 +421,6 @@ def _ending_of(pid: int, fd: int) -> Callable[[], bool] | None:
     return ended
 
 
-def _open_spill(path: str | None) -> int | None:
-    """The spill file, opened for appending and unlinked (the parent holds it open)."""
-    if path is None:
-        return None
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    except OSError:
-        return None
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-    return fd
-
-
-def _spilled(fd: int, record: bytes) -> int | None:
-    """``fd`` after appending ``record`` (empty: after emptying the file).
-
-    None (no more spilling) if that failed or wrote part of it (a full
-    disk): a record cut short could only be the last one.
-    """
-    try:
-        if record:
-            done = os.write(fd, record) == len(record)
-        else:
-            os.ftruncate(fd, 0)
-            done = True
-    except OSError:
-        done = False
-    if not done:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        return None
-    return fd
-
-
 def read_spill(fd: int, seq: int) -> list[Outcome]:
     """The outcomes of chunk ``seq`` in the spill file ``fd``, in order (see worker_main).
 
@@ -409,9 +436,8 @@ def read_spill(fd: int, seq: int) -> list[Outcome]:
     while offset + SPILL_HEADER.size <= len(data):
         chunk, calls, length = SPILL_HEADER.unpack_from(data, offset)
         offset += SPILL_HEADER.size
-        if offset + length > len(data):
-            break  # cut short: the process died writing it
-        if chunk == seq:
-            outcomes.extend(load_outcomes(data[offset : offset + length], calls))
+        if chunk != seq or offset + length > len(data):
+            break  # the end of the chunk's records (or one cut short)
+        outcomes.extend(load_outcomes(data[offset : offset + length], calls))
         offset += length
     return outcomes

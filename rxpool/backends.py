@@ -42,6 +42,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from ._checks import check_bool, check_count
 from ._exceptions import Cancelled, NotSendable, WorkerCrashed
 from ._remote import (
+    SPILL_MAX,
     Call,
     Outcome,
     failed_outcomes,
@@ -64,11 +65,6 @@ __all__ = [
     "ProcessBackend",
     "ThreadBackend",
 ]
-
-
-# A process worker writes the outcomes of its finished calls to its spill
-# file this often (see worker_main): a crash loses at most this much work's.
-_SPILL_EVERY: Final = 0.001
 
 
 @runtime_checkable
@@ -182,16 +178,17 @@ class _Worker:
         "spill_path",
     )
 
-    def __init__(self, context: Any, calls: Sequence[Call], spill_every: float) -> None:
+    def __init__(self, context: Any, calls: Sequence[Call], spilling: bool) -> None:
         if context.get_start_method() == "forkserver":
             _start_forkserver(calls)
         # Where the worker spills the outcomes of a chunk's finished calls
         # (see worker_main); read only when it dies. It unlinks the file.
         # No temporary directory to write to: no spilling (a crash then
         # loses the results of every call its chunk had finished).
-        self.spill, self.spill_path = -1, None
-        with contextlib.suppress(OSError):
-            self.spill, self.spill_path = tempfile.mkstemp(prefix="rxpool-outcomes-")
+        self.spill: int = -1
+        self.spill_path: str | None = None
+        if spilling:
+            self._make_spill()
         try:
             self.conn, child = context.Pipe()
             # Chunks numbered up to ``mark`` are cancelled: the worker skips their
@@ -202,7 +199,7 @@ class _Worker:
             self.sent = 0  # the number of the last chunk sent
             self.process = context.Process(
                 target=worker_main,
-                args=(child, self.mark, self.at, self.spill_path, spill_every, os.getpid()),
+                args=(child, self.mark, self.at, self.spill_path, os.getpid()),
                 name="rxpool-process",
                 daemon=False,  # so that a job may start processes of its own: see _end_processes
             )
@@ -248,6 +245,25 @@ class _Worker:
         """Close the pipe and the spill file (the process has ended or is ending)."""
         self.conn.close()
         self._drop_spill()
+
+    def _make_spill(self) -> None:
+        """Create the spill file, its `SPILL_MAX` bytes taken on disk now.
+
+        Taken, not a sparse file: a write to the worker's map of a page the
+        disk has no room for would kill it (SIGBUS). A full disk means no
+        spilling instead.
+        """
+        with contextlib.suppress(OSError):
+            self.spill, self.spill_path = tempfile.mkstemp(prefix="rxpool-outcomes-")
+        if self.spill_path is None:
+            return
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(self.spill, 0, SPILL_MAX)
+            else:  # macOS: write the zeros
+                os.write(self.spill, bytes(SPILL_MAX))
+        except OSError:
+            self._drop_spill()
 
     def _drop_spill(self) -> None:
         if self.spill_path is not None:
@@ -354,9 +370,9 @@ class ProcessBackend:
     that cannot be pickled gets a `NotSendable` result at once. A process
     that dies under a job (``os._exit``, a segfault, the OOM killer) is
     replaced; that job gets a `WorkerCrashed` result, the jobs of its chunk
-    that had run get theirs (spilled to a file every millisecond; those
-    finished in the last millisecond get a `WorkerCrashed`: their results
-    died with the process), and the jobs not started yet (the rest of the
+    that had run get theirs (each recorded in a mapped file as it finishes;
+    only a result over 1 MiB, and those after it in its chunk, die with the
+    process and get a `WorkerCrashed`), and the jobs not started yet (the rest of the
     chunk, the chunk queued behind) go to the new process; with a retry
     policy crashed jobs are retried. Functions must be importable by the
     worker processes (module-level, not lambdas), as with
@@ -435,7 +451,7 @@ class ProcessBackend:
         self._handed: dict[object, _Worker | None] = {}
         self._closed = False
         self.crashes = 0  # processes that died under a chunk and were replaced
-        self._spill_every = _SPILL_EVERY  # seconds (tests set it: see worker_main)
+        self._spilling = True  # workers record outcomes as they finish (see worker_main)
         _backends.add(self)
 
     def warm(self) -> None:
@@ -483,7 +499,7 @@ class ProcessBackend:
                 if worker is not None:
                     return worker
         try:
-            return _Worker(self._context, calls, self._spill_every)
+            return _Worker(self._context, calls, self._spilling)
         except BaseException:
             self._release(None)
             raise

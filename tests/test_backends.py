@@ -10,7 +10,6 @@ import json
 import math
 import multiprocessing
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -1193,19 +1192,19 @@ def test_a_crash_fails_only_the_running_chunk_not_the_one_queued_behind() -> Non
         backend.close()
 
 
-@pytest.mark.parametrize("spill_every", [0.0, math.inf])
+@pytest.mark.parametrize("spilling", [True, False])
 def test_a_crash_in_a_chunk_fails_the_job_it_died_under_and_runs_the_rest_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spill_every: float
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spilling: bool
 ) -> None:
     # A chunk of five: the first job has run when the second kills the
     # process; the last three never started and run on a new process. Every
     # job runs once (the tally says so). The first job's result reaches the
-    # parent through the worker's spill file if it was written there (every
-    # call: 0.0), else it is lost with the process (never: inf).
+    # parent through the worker's spill file if it was written there, else
+    # it is lost with the process.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where spill files go
     runs = tmp_path / "runs"
     backend = ProcessBackend(1, chunk_size=5)
-    backend._spill_every = spill_every
+    backend._spilling = spilling
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [Job(_jobs.tally, args=(str(runs), i), id=i) for i in range(4)]
@@ -1218,7 +1217,7 @@ def test_a_crash_in_a_chunk_fails_the_job_it_died_under_and_runs_the_rest_once(
     assert [results[i].value for i in (1, 2, 3)] == [2, 4, 6]
     assert sorted(runs.read_text().split()) == ["0", "1", "2", "3"]
     first, died = results[0], results["dies"].error
-    if spill_every == 0.0:
+    if spilling:
         assert first.value == 0
     else:
         assert isinstance(first.error, rxpool.WorkerCrashed), first
@@ -1235,10 +1234,10 @@ def test_a_crash_in_a_chunk_fails_the_job_it_died_under_and_runs_the_rest_once(
     kinds=st.lists(st.sampled_from(["tally", "tally", "tally", "die"]), min_size=1, max_size=12),
     chunk_size=st.integers(1, 5),
     processes=st.integers(1, 2),
-    spill_every=st.sampled_from([0.0, 0.001, math.inf]),
+    spilling=st.booleans(),
 )
 def test_crashes_in_chunks_give_one_result_a_job_and_run_each_job_at_most_once(
-    tmp_path: Path, kinds: list[str], chunk_size: int, processes: int, spill_every: float
+    tmp_path: Path, kinds: list[str], chunk_size: int, processes: int, spilling: bool
 ) -> None:
     runs = tmp_path / f"runs-{os.urandom(4).hex()}"
     runs.touch()
@@ -1249,7 +1248,7 @@ def test_crashes_in_chunks_give_one_result_a_job_and_run_each_job_at_most_once(
         for i, kind in enumerate(kinds)
     ]
     backend = ProcessBackend(processes, chunk_size=chunk_size)
-    backend._spill_every = spill_every
+    backend._spilling = spilling
     try:
         with WorkerPool(processes, backend=backend) as pool:
             out = collect(pool.run(jobs))
@@ -1266,7 +1265,7 @@ def test_crashes_in_chunks_give_one_result_a_job_and_run_each_job_at_most_once(
         elif result.ok:
             assert result.value == result.id * 2 and result.id in ran
         else:  # it ran, and a job after it in its chunk killed the process
-            assert spill_every > 0.0, result  # spilled after every call, none is lost
+            assert not spilling, result  # spilled after every call, none is lost
             assert isinstance(result.error, rxpool.WorkerCrashed), result
             assert "result was lost" in str(result.error) and result.id in ran
             assert dies & set(range(result.id + 1, result.id + chunk_size)), result
@@ -1276,37 +1275,65 @@ def test_crashes_in_chunks_give_one_result_a_job_and_run_each_job_at_most_once(
 def test_a_spill_file_gives_the_outcomes_of_its_chunk_up_to_a_record_cut_short(
     tmp_path: Path,
 ) -> None:
-    from rxpool._remote import SPILL_HEADER, read_spill
+    from rxpool._remote import SPILL_HEADER, SPILL_MAX, _Spill, read_spill
 
-    def record(seq: int, outcomes: list[tuple[bool, object, float]]) -> bytes:
-        segment = pickle.dumps(outcomes)
-        return SPILL_HEADER.pack(seq, len(outcomes), len(segment)) + segment
-
-    last = record(2, [(True, 5, 0.0)])
-    data = (
-        record(1, [(True, 1, 0.0)])
-        + record(2, [(True, 3, 0.0), (False, "e", 0.1)])
-        + record(2, [(True, _jobs.Unloadable(), 0.0), (True, 4, 0.0)])  # fails to load here
-        + record(2, [(True, 6, 0.0)])
-        + last
-    )
     path = tmp_path / "spill"
-    path.write_bytes(data[:-1])  # the process died writing its last record
+    path.write_bytes(bytes(SPILL_MAX))
+    spill = _Spill.open(str(path))
+    assert spill is not None and not path.exists()  # mapped, and unlinked
+    spill.start(1)
+    spill.write((True, 1, 0.0))  # a chunk before: its records are written over
+    spill.start(2)
+    spill.write((True, 3, 0.0))
+    spill.write((False, "e", 0.1))
+    spill.write((True, _jobs.Unloadable(), 0.0))  # fails to load here
+    spill.write((True, 6, 0.0))
+    data = bytes(spill.map)
+    # The process died writing its next record: a pickle without its header.
+    data = data[: spill.offset + SPILL_HEADER.size] + b"\x80junk" + data[spill.offset + 21 :]
+    path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
         saved = read_spill(fd, 2)
         assert saved[:2] == [(True, 3, 0.0), (False, "e", 0.1)]
-        # Each call of the record that cannot be loaded has a NotSendable, and
-        # the records after it are still read.
-        assert [ok for ok, _, _ in saved[2:4]] == [False, False]
-        for _, error, _ in saved[2:4]:
-            assert isinstance(error, rxpool.NotSendable)
-            assert "cannot be rebuilt here" in str(error)
-        assert saved[4:] == [(True, 6, 0.0)]
-        assert read_spill(fd, 1) == [(True, 1, 0.0)]
+        # The call whose record cannot be loaded has a NotSendable, and the
+        # records after it are still read.
+        ok, error, _ = saved[2]
+        assert not ok and isinstance(error, rxpool.NotSendable)
+        assert "cannot be rebuilt here" in str(error)
+        assert saved[3:] == [(True, 6, 0.0)]
+        assert read_spill(fd, 1) == []  # written over by chunk 2
         assert read_spill(fd, 3) == []
     finally:
         os.close(fd)
+
+
+def test_a_crash_in_an_automatic_chunk_loses_none_of_its_finished_results(
+    tmp_path: Path,
+) -> None:
+    # Many quick jobs then one that kills its process, with chunks sized by
+    # the backend: every job that ran has its value, the one it died under a
+    # WorkerCrashed, and each job ran once.
+    runs = tmp_path / "runs"
+    runs.touch()
+    backend = ProcessBackend(1)
+    try:
+        backend.warm()
+        with WorkerPool(1, backend=backend) as pool:
+            list(pool.map(_jobs.double, range(2_000)))  # chunks grow from the round trips
+            jobs = [Job(_jobs.tally, args=(str(runs), i), id=i) for i in range(3_000)]
+            jobs[2_500] = Job(_jobs.die, args=(3,), id=2_500)
+            results = {r.id: r for r in collect(pool.run(jobs)).values}
+    finally:
+        backend.close()
+    assert sorted(results) == list(range(3_000))
+    assert isinstance(results.pop(2_500).error, rxpool.WorkerCrashed)
+    lost = [r for r in results.values() if not r.ok]
+    assert not lost, lost[:3]
+    assert all(r.value == r.id * 2 for r in results.values())
+    ran = [int(x) for x in runs.read_text().split()]
+    assert sorted(ran) == sorted(results)  # each ran once
+    assert backend.crashes == 1
 
 
 def test_a_spilled_result_this_process_cannot_load_fails_alone_when_its_process_dies(
@@ -1317,7 +1344,6 @@ def test_a_spilled_result_this_process_cannot_load_fails_alone_when_its_process_
     # fails with a NotSendable saying why, not as a job lost with the process.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     backend = ProcessBackend(1, chunk_size=4)
-    backend._spill_every = 0.0  # after every call
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [
@@ -1340,8 +1366,7 @@ def test_a_spilled_result_this_process_cannot_load_fails_alone_when_its_process_
 def test_a_large_result_is_not_spilled_nor_what_follows_it_in_its_chunk() -> None:
     from rxpool._remote import SPILL_MAX
 
-    backend = ProcessBackend(1, chunk_size=4)
-    backend._spill_every = 0.0  # after every call, but for the large result
+    backend = ProcessBackend(1, chunk_size=4)  # every call is spilled, but for the large result
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [
@@ -1368,8 +1393,7 @@ def test_processes_run_without_a_temporary_directory_to_spill_to(
         raise PermissionError("no temporary directory")
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    backend = ProcessBackend(1, chunk_size=3)
-    backend._spill_every = 0.0  # it would spill after every call, if it could
+    backend = ProcessBackend(1, chunk_size=3)  # it would spill every call, if it could
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(2)]
@@ -1386,7 +1410,7 @@ def test_the_jobs_of_a_crashed_chunk_each_get_a_worker_crashed_of_their_own() ->
     # One exception object per result (a note on one stays there), and none
     # carries the traceback of rxpool's frames, which would keep the run alive.
     backend = ProcessBackend(1, chunk_size=4)
-    backend._spill_every = math.inf  # the first three results are lost, not spilled
+    backend._spilling = False  # the first three results are lost, not spilled
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(3)]
