@@ -1648,7 +1648,7 @@ class _Running:
         self.started = started
         self.timeout = timeout
         self.token = token
-        self.deadline = started + timeout
+        self.deadline = math.inf  # set when armed, on the run's clock (see _Cursor.arm)
 
 
 class _Cursor:

@@ -382,7 +382,7 @@ class _Spill:
         """Record the outcome of the chunk's next call (unless an earlier one did not fit)."""
         if not self.spilling:
             return
-        try:
+        try:  # dumps_outcomes' first step, inline: two calls less on every job's path
             data = pickle.dumps([outcome], protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             data = dumps_outcomes([outcome])  # its NotSendable, as through the pipe
