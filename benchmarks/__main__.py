@@ -560,6 +560,13 @@ def progress_section(report: Report) -> None:
     )
 
 
+def executor(report: Report) -> None:
+    """rxpool.Executor's map and submit against ThreadPoolExecutor and ProcessPoolExecutor."""
+    from .executor_bench import executor_section
+
+    executor_section(report, table)
+
+
 def _ratio(rates: dict[str, float], base: float) -> tuple[float, bool]:
     ratio = rates["rxpool aiter(WorkerPool.run), thread jobs"] / base
     return ratio, ratio >= 1.0
@@ -750,6 +757,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {
     "asyncio": asyncio_section,
     "backends": backends_section,
     "progress": progress_section,
+    "executor": executor,
 }
 
 

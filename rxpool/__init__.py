@@ -21,6 +21,7 @@ from ._exceptions import (
     RxPoolError,
     WorkerCrashed,
 )
+from ._executor import Executor
 from ._job import Job, JobDescriptor, Result
 from ._pool import WorkerPool
 from ._retry import Retry
@@ -36,6 +37,7 @@ __all__ = [
     "Cancelled",
     "DeadlineExceeded",
     "Dropped",
+    "Executor",
     "Job",
     "JobDescriptor",
     "JobTimeout",

@@ -14,7 +14,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from ._aio import LoopSlots, LoopThread, running_loop
 from ._checks import check_count
-from ._engine import Counters, JobRun, _Run
+from ._engine import Counters, JobRun, MapRun, _Run
 from ._intake import Policy
 from ._job import Job, Result
 from ._stats import Tracker
@@ -29,6 +29,7 @@ from .backends import (
 )
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 # Idle threads of the process-wide cache that operator runs share exit after this long.
 SHARED_LINGER = 1.0
@@ -65,7 +66,7 @@ class RunOwner(Protocol):
 
     counters: Counters
 
-    def adopt(self, run: JobRun) -> None: ...
+    def adopt(self, run: _Run[Any, Any]) -> None: ...
 
     def forget(self, run: _Run[Any, Any]) -> None: ...
 
@@ -220,10 +221,46 @@ def job_observable(
     An async iterable source is awaited by slots on an event loop, so such a
     run is always in loop mode (on ``loop``, the running one, or its own).
     """
+
+    def make(observer: abc.ObserverBase[Result[Any]], **kw: Any) -> JobRun:
+        return JobRun(observer, policy, parent_token=token, **kw)
+
+    return _run_observable(source, make, scheduler, shared, owner, mode, remote, loop)
+
+
+def value_observable(
+    source: Iterable[_T] | Observable[_T],
+    policy: Policy,
+    fn: Callable[[_T], _R],
+    *,
+    shared: ThreadRunner | None,
+    owner: RunOwner | None = None,
+    mode: str | None = None,
+    remote: Backend | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Observable[_R]:
+    """The cold Observable of one `MapRun` of ``fn`` (no token) per subscription."""
+
+    def make(observer: abc.ObserverBase[_R], **kw: Any) -> MapRun[_T, _R]:
+        return MapRun(observer, policy, fn, False, parent_token=None, **kw)
+
+    return _run_observable(source, make, None, shared, owner, mode, remote, loop)
+
+
+def _run_observable(
+    source: Observable[Any] | Iterable[Any] | AsyncIterable[Any],
+    make: Callable[..., _Run[Any, _T]],
+    scheduler: abc.SchedulerBase | None,
+    shared: ThreadRunner | None,
+    owner: RunOwner | None,
+    mode: str | None,
+    remote: Backend | None,
+    loop: asyncio.AbstractEventLoop | None,
+) -> Observable[_T]:
     is_async_source = not isinstance(source, Observable | Iterable)
 
     def subscribe(
-        observer: abc.ObserverBase[Result[Any]],
+        observer: abc.ObserverBase[_T],
         subscribe_scheduler: abc.SchedulerBase | None = None,
     ) -> abc.DisposableBase:
         if is_async_source:
@@ -233,11 +270,9 @@ def job_observable(
             slots = choose_slots(
                 scheduler, subscribe_scheduler, shared, mode=mode, remote=remote, loop=loop
             )
-        run = JobRun(
+        run = make(
             observer,
-            policy,
             tracker=Tracker() if owner is not None else None,
-            parent_token=token,
             counters=owner.counters if owner is not None else None,
             on_finished=owner.forget if owner is not None else None,
             **slots,

@@ -81,6 +81,9 @@ class WorkerPool:
             (closed with it) for CPU-bound jobs, small jobs sent in chunks.
             Or a backend object from `rxpool.backends` (`ProcessBackend`,
             `DaskBackend`, your own `Backend`), which the caller closes.
+        thread_name_prefix: Names the pool's threads ``{prefix}_0``,
+            ``{prefix}_1``, ... (as `ThreadPoolExecutor` does); by default
+            they are ``rxpool-worker-{n}``.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -94,8 +97,13 @@ class WorkerPool:
         *,
         scheduler: abc.SchedulerBase | None = None,
         backend: BackendSpec = "thread",
+        thread_name_prefix: str = "",
     ) -> None:
         self._workers = check_count("workers", workers)
+        if not isinstance(thread_name_prefix, str):
+            raise TypeError(
+                f"thread_name_prefix must be a str, got {type(thread_name_prefix).__name__}"
+            )
         check_scheduler(scheduler)
         self._backend = check_backend(backend)
         owned: list[Backend] = []
@@ -112,7 +120,11 @@ class WorkerPool:
             loop = running_loop()
         self._loop = loop
         self._scheduler = scheduler
-        self._runner = ThreadRunner(POOL_LINGER, keep=workers) if scheduler is None else None
+        self._runner = (
+            ThreadRunner(POOL_LINGER, keep=workers, name=thread_name_prefix)
+            if scheduler is None
+            else None
+        )
         self._submit_lock = threading.Lock()
         self._submissions: Subject[Job[Any]] | None = None  # the run behind submit()
         self._submit_subscription: abc.DisposableBase | None = None
@@ -121,7 +133,7 @@ class WorkerPool:
         self._state = _State.OPEN
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when the last run ends
-        self._runs: set[JobRun] = set()
+        self._runs: set[_Run[Any, Any]] = set()
         self.counters = Counters()
         self._stats = PoolStats()
 
@@ -346,7 +358,11 @@ class WorkerPool:
         another run's ``on_next`` must not take that run's lock and then others'.
         """
         with self._lock:
-            runs = [run for run in self._runs if run._policy is self._submit_policy]
+            runs = [
+                run
+                for run in self._runs
+                if isinstance(run, JobRun) and run._policy is self._submit_policy
+            ]
         for run in runs:
             run.withdraw(job, token.new_error())
 
@@ -461,7 +477,7 @@ class WorkerPool:
             raise ValueError(f"interval must be > 0, got {interval}")
         return reactivex.interval(interval).pipe(ops.map(lambda _: self.statistics()))
 
-    def adopt(self, run: JobRun) -> None:
+    def adopt(self, run: _Run[Any, Any]) -> None:
         """Register a run as it subscribes; refuse it once the pool is closed."""
         with self._lock:
             if self._state is _State.CLOSED:

@@ -42,13 +42,19 @@ class ThreadRunner:
         "_idle",
         "_keep",
         "_linger",
+        "_name",
+        "_numbers",
         "_starter",
         "_starting",
         "_tasks",
         "_threads",
     )
 
-    def __init__(self, linger: float, keep: int = 0) -> None:
+    def __init__(self, linger: float, keep: int = 0, name: str = "") -> None:
+        # Thread names: ``{name}_{i}`` counted per runner (as ThreadPoolExecutor's),
+        # or ``rxpool-worker-{i}`` counted over the process.
+        self._name = name
+        self._numbers = itertools.count() if name else _names
         self._cond = threading.Condition(threading.Lock())
         self._tasks: deque[Callable[[], None]] = deque()
         self._idle = 0
@@ -81,9 +87,9 @@ class ThreadRunner:
 
     def _new_thread(self) -> threading.Thread:
         """A thread to start, counted as starting (under ``_cond``)."""
-        thread = threading.Thread(
-            target=self._work, name=f"rxpool-worker-{next(_names)}", daemon=True
-        )
+        number = next(self._numbers)
+        name = f"{self._name}_{number}" if self._name else f"rxpool-worker-{number}"
+        thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._starting += 1
         self._threads.add(thread)
         return thread

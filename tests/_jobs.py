@@ -201,3 +201,21 @@ def raise_with(kind: str, attributes: dict[str, object]) -> None:
     for name, value in attributes.items():
         setattr(error, name, value)
     raise error
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def boom(x: int) -> int:
+    raise ZeroDivisionError(f"boom {x}")
+
+
+def fail_init() -> None:
+    raise ValueError("the initializer failed")
+
+
+def claim_pid(directory: str) -> None:
+    """An initializer: create ``directory/<pid>``, failing if this process already did."""
+    with open(os.path.join(directory, str(os.getpid())), "x"):
+        pass

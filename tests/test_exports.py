@@ -13,6 +13,7 @@ def test_rxpool_all() -> None:
         "Cancelled",
         "DeadlineExceeded",
         "Dropped",
+        "Executor",
         "Job",
         "JobDescriptor",
         "JobTimeout",
