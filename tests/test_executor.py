@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import itertools
 import os
 import threading
@@ -305,18 +306,22 @@ def test_the_initializer_runs_once_in_each_worker_process(tmp_path: Any) -> None
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_failing_initializer_breaks_the_executor(backend: str) -> None:
-    executor = Executor(2, backend=backend, initializer=_jobs.fail_init)
-    futures = [executor.submit(_jobs.square, i) for i in range(5)]
-    for future in futures:
+    with Executor(2, backend=backend, initializer=_jobs.fail_init) as executor:
+        # Submits may already be refused once the first job broke the executor.
+        futures: list[cf.Future[int]] = []
+        with contextlib.suppress(cf.BrokenExecutor):
+            for i in range(5):
+                futures.append(executor.submit(_jobs.square, i))
+        assert futures
+        for future in futures:
+            with pytest.raises(cf.BrokenExecutor):
+                future.result(timeout=30)
+        error = futures[0].exception()
+        assert error is not None and error.__cause__ is not None
         with pytest.raises(cf.BrokenExecutor):
-            future.result(timeout=30)
-    error = futures[0].exception()
-    assert error is not None and error.__cause__ is not None
-    with pytest.raises(cf.BrokenExecutor):
-        executor.submit(_jobs.square, 1)
-    with pytest.raises(cf.BrokenExecutor):
-        executor.map(_jobs.square, [1])
-    executor.shutdown()
+            executor.submit(_jobs.square, 1)
+        with pytest.raises(cf.BrokenExecutor):
+            executor.map(_jobs.square, [1])
 
 
 def test_a_failing_initializer_fails_map_with_broken_executor() -> None:
