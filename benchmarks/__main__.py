@@ -567,6 +567,13 @@ def executor(report: Report) -> None:
     executor_section(report, table)
 
 
+def journal(report: Report) -> None:
+    """11. The journal: the same trivial run with and without one (see journal_bench)."""
+    from .journal_bench import journal_section
+
+    journal_section(report, table)
+
+
 def _ratio(rates: dict[str, float], base: float) -> tuple[float, bool]:
     ratio = rates["rxpool aiter(WorkerPool.run), thread jobs"] / base
     return ratio, ratio >= 1.0
@@ -758,6 +765,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {
     "backends": backends_section,
     "progress": progress_section,
     "executor": executor,
+    "journal": journal,
 }
 
 

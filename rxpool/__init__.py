@@ -16,6 +16,7 @@ from ._exceptions import (
     DeadlineExceeded,
     Dropped,
     JobTimeout,
+    JournalError,
     NotSendable,
     PoolClosed,
     RxPoolError,
@@ -23,6 +24,7 @@ from ._exceptions import (
 )
 from ._executor import Executor
 from ._job import Job, JobDescriptor, Result
+from ._journal import Journal, JournalRecord, RecordedError
 from ._pool import WorkerPool
 from ._retry import Retry
 from ._stats import Statistics
@@ -41,8 +43,12 @@ __all__ = [
     "Job",
     "JobDescriptor",
     "JobTimeout",
+    "Journal",
+    "JournalError",
+    "JournalRecord",
     "NotSendable",
     "PoolClosed",
+    "RecordedError",
     "Result",
     "Retry",
     "RxPoolError",

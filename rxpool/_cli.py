@@ -9,14 +9,22 @@ written as it arrives: ``id`` (the line number), ``value`` or ``error``
 (``type`` and ``message``), ``attempt``, ``started`` and ``finished`` (Unix
 times), ``seconds``.
 
+With ``--journal PATH`` the run is resumable: each finished job is recorded
+in the journal (an SQLite file) before its line is written, and running the
+same command again first writes the recorded lines, then runs only the rest
+(failed lines too, unless ``--keep-failed``). The input is checked against
+the records first: a changed line, another function or mode is refused.
+
 Exit status: 0 when every job succeeded, 1 when some failed (a summary on
-stderr), 2 for bad usage, 130 after Ctrl-C (the run is cancelled, and every
-result it still gives, finished or cancelled, is written first).
+stderr), 2 for bad usage or a journal that cannot be used (one line on
+stderr), 130 after Ctrl-C (the run is cancelled, and every result it still
+gives, finished or cancelled, is written first).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -29,8 +37,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from ._exceptions import Cancelled
+from ._exceptions import Cancelled, JournalError
 from ._job import Job, Result
+from ._journal import Journal, JournalRecord, JournalWriter
+from ._journaled import EPOCH, journaled
 from ._pool import WorkerPool
 from ._retry import Retry
 from ._token import CancelToken
@@ -63,34 +73,64 @@ def _bad_line(message: str) -> None:
     raise ValueError(message)
 
 
-def read_jobs(lines: IO[str], fn: Callable[..., Any], text: bool) -> Iterator[Job[Any]]:
-    """One job per non-blank line, lazily; a bad line is a job that fails with its reason."""
+def read_jobs(
+    lines: IO[str],
+    fn: Callable[..., Any],
+    text: bool,
+    skip: bytearray | None = None,
+) -> Iterator[Job[Any]]:
+    """One job per non-blank line, lazily; a bad line is a job that fails with its reason.
+
+    With ``skip`` (a journal's replayed lines, one bit each) those lines are
+    passed over, and each job's metadata holds its line's ``sha256``.
+    """
     for number, line in enumerate(lines, 1):
         stripped = line.rstrip("\r\n")
         if not stripped.strip():
             continue
+        metadata = None
+        if skip is not None:
+            if _has(skip, number):
+                continue
+            metadata = {"sha256": digest(stripped)}
         if text:
-            yield Job(fn, args=(stripped,), id=number)
+            yield Job(fn, args=(stripped,), id=number, metadata=metadata)
             continue
         try:
             value = json.loads(stripped)
         except json.JSONDecodeError as error:
-            yield Job(_bad_line, args=(f"line {number}: not valid JSON: {error}",), id=number)
+            reason = f"line {number}: not valid JSON: {error}"
+            yield Job(_bad_line, args=(reason,), id=number, metadata=metadata)
             continue
         if isinstance(value, dict) and value and set(value) <= {"args", "kwargs"}:
             args = value.get("args", [])
             kwargs = value.get("kwargs", {})
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 reason = f"line {number}: 'args' must be a list and 'kwargs' an object"
-                yield Job(_bad_line, args=(reason,), id=number)
+                yield Job(_bad_line, args=(reason,), id=number, metadata=metadata)
                 continue
-            yield Job(fn, args=tuple(args), kwargs=kwargs, id=number)
+            yield Job(fn, args=tuple(args), kwargs=kwargs, id=number, metadata=metadata)
         else:
-            yield Job(fn, args=(value,), id=number)
+            yield Job(fn, args=(value,), id=number, metadata=metadata)
+
+
+def digest(line: str) -> str:
+    """A line's fingerprint in a journal: its SHA-256 (hex, 32 digits)."""
+    return hashlib.sha256(line.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _has(bits: bytearray, n: int) -> bool:
+    return n >> 3 < len(bits) and bool(bits[n >> 3] & (1 << (n & 7)))
+
+
+def _put(bits: bytearray, n: int) -> None:
+    if n >> 3 >= len(bits):
+        bits.extend(bytes((n >> 3) + 1 - len(bits)))
+    bits[n >> 3] |= 1 << (n & 7)
 
 
 # Results carry monotonic times; the command line writes Unix times.
-_EPOCH = time.time() - time.monotonic()
+_EPOCH = EPOCH
 
 
 def to_line(result: Result[Any]) -> str:
@@ -107,6 +147,13 @@ def to_line(result: Result[Any]) -> str:
         seconds=round(result.duration, 6),
     )
     return json.dumps(record, default=repr)
+
+
+def record_line(record: JournalRecord) -> str:
+    """The JSON line of a recorded result, as `to_line` wrote it when it was recorded."""
+    line = record.to_json()
+    del line["line"]  # the id is the line number
+    return json.dumps(line, default=repr)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +190,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress", action="store_true", help="a live progress bar on stderr (a terminal)"
     )
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="record finished jobs in PATH (SQLite); run again to resume where it stopped",
+    )
+    parser.add_argument(
+        "--keep-failed",
+        action="store_true",
+        help="with --journal: on resume, write recorded failures again instead of rerunning",
+    )
 
 
 def run_map(
@@ -158,12 +215,28 @@ def run_map(
         parser.error(str(error))  # exits 2 with the usage line
     if args.chunk_size is not None and args.backend != "process":
         parser.error("--chunk-size needs --backend process")
+    if args.keep_failed and not args.journal:
+        parser.error("--keep-failed needs --journal")
+    if args.journal and args.input == "-":
+        parser.error("--journal needs an INPUT file: stdin cannot be checked on resume")
     try:
         lines = stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
     except OSError as error:
         parser.error(f"cannot read {args.input}: {error.strerror}")
-    token = CancelToken()
     outcomes: Counter[str] = Counter()
+    writer: JournalWriter | None = None
+    replayed = bytearray()
+    if args.journal:
+        try:
+            writer = _open_journal(args, lines)
+            _replay(writer, stdout, outcomes, replayed)
+        except JournalError as error:
+            if writer is not None:
+                writer.close()
+            lines.close()
+            print(f"rxpool map: {error}", file=stderr)
+            return 2
+    token = CancelToken()
     retry = Retry(attempts=args.retries + 1) if args.retries else None
     interrupt = _Interrupt(token)
     clean = False  # the results were drained to the end, without Ctrl-C
@@ -171,18 +244,35 @@ def run_map(
     pool = WorkerPool(args.workers, backend=args.backend)
     try:
         with interrupt:
-            results = pool.run(
-                read_jobs(lines, fn, args.text),
-                token=token,
-                ordered=args.ordered,
-                timeout=args.timeout,
-                retry=retry,
-                rate=args.rate,
-                fail_fast=args.fail_fast,
-                progress=args.progress,
-                total=_count_jobs(args.input) if args.progress else None,
-                chunk_size=args.chunk_size,
-            )
+            jobs = read_jobs(lines, fn, args.text, replayed if writer is not None else None)
+
+            def run(source: Any) -> Any:
+                return pool.run(
+                    source,
+                    token=token,
+                    ordered=args.ordered,
+                    timeout=args.timeout,
+                    retry=retry,
+                    rate=args.rate,
+                    fail_fast=args.fail_fast,
+                    progress=args.progress,
+                    total=_count_jobs(args.input) if args.progress else None,
+                    chunk_size=args.chunk_size,
+                )
+
+            if writer is None:
+                results = run(jobs)
+            else:
+                opened = writer
+                results = journaled(
+                    jobs,
+                    writer.journal,
+                    run,
+                    ordered=args.ordered,
+                    replay=False,
+                    describe=_line_of,
+                    open_writer=lambda: opened,
+                )
             handoff: queue.Queue[Any] = queue.Queue(maxsize=1024)
             subscription = results.subscribe(
                 handoff.put, lambda error: handoff.put(_Failed(error)), lambda: handoff.put(_DONE)
@@ -196,9 +286,74 @@ def run_map(
         # After Ctrl-C, jobs still running (their results are written as
         # cancelled) are not waited for: their threads end with the process.
         pool.close(wait=clean, cancel_pending=not clean)
+        if writer is not None:
+            writer.close()
         if lines is not stdin:
             lines.close()
     return _summary(outcomes, interrupt.requested, time.perf_counter() - started, stderr)
+
+
+def _command(args: argparse.Namespace) -> str:
+    return f"rxpool map {args.function}" + (" --text" if args.text else "")
+
+
+def _open_journal(args: argparse.Namespace, lines: IO[str]) -> JournalWriter:
+    """The journal's writer, once the input is checked against its records (JournalError)."""
+    writer = JournalWriter(Journal(args.journal, keep_failed=args.keep_failed))
+    try:
+        command = writer.meta("command")
+        if command is None and not writer.empty:
+            raise JournalError(f"journal {args.journal} was not written by rxpool map")
+        if command is not None and command != _command(args):
+            raise JournalError(
+                f"journal {args.journal} was written by `{command}`, not `{_command(args)}`"
+            )
+        _check_input(writer, lines, args)
+        lines.seek(0)
+        writer.set_meta("command", _command(args))
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
+def _check_input(writer: JournalWriter, lines: IO[str], args: argparse.Namespace) -> None:
+    """JournalError at the first recorded line whose text is not the input's now."""
+    numbered = enumerate(lines, 1)
+    count = 0
+    for record in writer.by_line():
+        for count, line in numbered:  # noqa: B007 - count is the lines read so far
+            if count == record.line:
+                break
+        else:
+            raise JournalError(
+                f"journal {args.journal} does not match {args.input}: line {record.line}"
+                f" was recorded, and the input has {count} lines"
+            )
+        if digest(line.rstrip("\r\n")) != record.fingerprint:
+            raise JournalError(
+                f"journal {args.journal} does not match {args.input}: line {record.line}"
+                " has changed since it was recorded"
+            )
+
+
+def _replay(
+    writer: JournalWriter, stdout: IO[str], outcomes: Counter[str], replayed: bytearray
+) -> None:
+    """Write the recorded results (failures only with --keep-failed); mark their lines."""
+    keep_failed = writer.journal.keep_failed
+    for record in writer.by_line():
+        if not (record.ok or keep_failed) or record.line is None:
+            continue
+        outcomes["ok" if record.ok else record.error_type or "Exception"] += 1
+        stdout.write(record_line(record) + "\n")
+        _put(replayed, record.line)
+    stdout.flush()
+
+
+def _line_of(job: Job[Any]) -> tuple[int | None, str | None]:
+    metadata = job.metadata or {}
+    return job.id, metadata.get("sha256")
 
 
 class _Interrupt:

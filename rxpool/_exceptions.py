@@ -10,7 +10,8 @@ Every rxpool exception derives from `RxPoolError`::
     ├── BufferOverflow          the buffer filled under the "error" overflow policy
     ├── PoolClosed              work submitted to a closed WorkerPool
     ├── WorkerCrashed           the process or cluster worker running a job died
-    └── NotSendable             a job (or its result) could not be pickled for another process
+    ├── NotSendable             a job (or its result) could not be pickled for another process
+    └── JournalError            a run journal is damaged, incompatible, in use, or does not match
 
 A job's own exception is never wrapped: it becomes `Result.error` unchanged
 (as `Future.result()` would raise it), or reaches `on_error` unchanged in
@@ -32,6 +33,7 @@ __all__ = [
     "DeadlineExceeded",
     "Dropped",
     "JobTimeout",
+    "JournalError",
     "NotSendable",
     "PoolClosed",
     "RxPoolError",
@@ -76,6 +78,10 @@ class WorkerCrashed(RxPoolError):
 
 class NotSendable(RxPoolError, TypeError):
     """A job, or its result, cannot be pickled to cross into (or out of) another process."""
+
+
+class JournalError(RxPoolError):
+    """A run's `Journal` cannot be used: damaged, incompatible, written by another run now."""
 
 
 _E = TypeVar("_E", bound=BaseException)

@@ -120,6 +120,7 @@ class Job(Generic[_R]):
     """
 
     __slots__ = (
+        "_named",
         "args",
         "descriptor",
         "fn",
@@ -168,6 +169,7 @@ class Job(Generic[_R]):
         self.fn: Callable[..., _R] = fn
         self.args: tuple[Any, ...] = args
         self.kwargs: Mapping[str, Any] = kwargs if kwargs is not None else {}
+        self._named = id is not None  # a journal keys jobs by ids the caller gave
         self.descriptor = JobDescriptor(next(_ids) if id is None else id, kind, metadata)
         self.wants_token: bool = "token" not in self.kwargs and wants_token(fn)
         self.is_async: bool = is_coroutine_function(fn)
@@ -199,6 +201,9 @@ class Result(NamedTuple, Generic[_R]):
     is the job's own exception, unchanged, with its traceback (``__traceback__``),
     or a `Cancelled` / `DeadlineExceeded` when the run was stopped before the job
     finished. ``started`` and ``finished`` are `time.monotonic` readings.
+    ``replayed`` is True for a result a run with a `Journal` re-emits from its
+    record instead of running the job again (its times are then the recorded
+    ones, in this process's monotonic clock, so they lie in the past).
     """
 
     value: _R | None
@@ -207,6 +212,7 @@ class Result(NamedTuple, Generic[_R]):
     attempt: int = 1
     started: float = 0.0
     finished: float = 0.0
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -231,4 +237,5 @@ class Result(NamedTuple, Generic[_R]):
 
     def __repr__(self) -> str:
         outcome = f"value={self.value!r}" if self.error is None else f"error={self.error!r}"
-        return f"Result(id={self.descriptor.id!r}, {outcome}, attempt={self.attempt})"
+        replayed = ", replayed=True" if self.replayed else ""
+        return f"Result(id={self.descriptor.id!r}, {outcome}, attempt={self.attempt}{replayed})"

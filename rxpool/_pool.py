@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import os
 import sys
 import threading
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sized
@@ -28,6 +29,8 @@ from ._engine import Counters, JobRun, _Run
 from ._exceptions import Cancelled, PoolClosed
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result, is_coroutine_function, wants_token
+from ._journal import Journal
+from ._journaled import check_ids, journaled, to_journal
 from ._retry import Retry
 from ._stats import PoolStats, Statistics
 from ._threads import ThreadRunner
@@ -168,6 +171,7 @@ class WorkerPool:
         progress: bool = False,
         total: int | None = None,
         chunk_size: int | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
     ) -> Observable[Result[Any]]:
         """Run ``jobs``; a cold Observable with one `Result` per job taken.
 
@@ -186,6 +190,14 @@ class WorkerPool:
         a second; silent when stderr is not a terminal (``progress`` extra).
         ``chunk_size``: jobs per chunk on a process or Dask backend, for this
         run (None: the backend's own, by default automatic).
+        ``journal`` (a path or a `Journal`) makes the run resumable: each
+        finished job is recorded in it, durably, before its result is emitted,
+        and a job already recorded (a success; a failure too with
+        ``Journal(keep_failed=True)``) is not run again: its recorded outcome
+        is emitted as a `Result` with ``replayed=True``. Jobs are keyed by
+        their ids, which must then be given, unique and the same from run to
+        run; ``on_next`` then runs on the run's journal thread (see
+        docs/journal.md).
 
         **Ordering**: as jobs finish; with ``ordered=True`` in input order.
         **Threading**: ``on_next`` runs on a pool thread, one at a time (on the
@@ -204,9 +216,14 @@ class WorkerPool:
             TypeError: ``jobs`` is not an iterable or Observable of `Job`, or
                 another argument has the wrong type.
             ValueError: a count < 1, ``rate`` not > 0, an unknown ``overflow``,
-                or ``chunk_size`` on the thread or asyncio backend.
+                or ``chunk_size`` on the thread or asyncio backend; with a
+                ``journal``, a list of jobs whose ids are missing or repeated
+                (from another iterable or an Observable: the run's error).
+            JournalError: ``journal`` is damaged or incompatible (at the call),
+                or another run writes it (the run's error).
         """
         self._check_open()
+        journal = to_journal(journal)
         if not isinstance(jobs, Observable | AsyncIterable):
             if isinstance(jobs, str | bytes) or not isinstance(jobs, Iterable):
                 raise TypeError(
@@ -219,6 +236,8 @@ class WorkerPool:
                         raise TypeError(
                             f"jobs[{index}] must be an rxpool.Job, got {type(job).__name__}"
                         )
+                if journal is not None:
+                    check_ids(jobs)
         check_token(token)
         policy = make_policy(
             self._workers,
@@ -235,17 +254,23 @@ class WorkerPool:
             chunk_size=chunk_size,
         )
         check_chunking(policy, self._remote)
-        return job_observable(
-            jobs,
-            policy,
-            scheduler=self._scheduler,
-            token=token,
-            shared=self._runner,
-            owner=self,
-            mode=self._mode,
-            remote=self._remote,
-            loop=self._loop,
-        )
+
+        def run(source: Any) -> Observable[Result[Any]]:
+            return job_observable(
+                source,
+                policy,
+                scheduler=self._scheduler,
+                token=token,
+                shared=self._runner,
+                owner=self,
+                mode=self._mode,
+                remote=self._remote,
+                loop=self._loop,
+            )
+
+        if journal is None:
+            return run(jobs)
+        return journaled(jobs, journal, run, ordered=ordered)
 
     def map(
         self,

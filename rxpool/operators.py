@@ -7,6 +7,7 @@ live in private modules; this module only documents and delegates.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ from ._engine import MapRun
 from ._flat_map import flat_map as _flat_map
 from ._intake import DEFAULT_BUFFER, Overflow, make_policy
 from ._job import Job, Result, is_coroutine_function, wants_token
+from ._journal import Journal
+from ._journaled import journaled, to_journal
 from ._retry import Retry
 from ._token import CancelToken
 
@@ -216,6 +219,7 @@ def run_jobs(
     progress: bool = False,
     total: int | None = None,
     chunk_size: int | None = None,
+    journal: str | os.PathLike[str] | Journal | None = None,
 ) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
     """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
 
@@ -263,11 +267,18 @@ def run_jobs(
         chunk_size: Jobs per chunk sent to a process or Dask backend in this
             run (None: the backend's ``chunk_size``, by default sized
             automatically); ``ValueError`` on the thread and asyncio backends.
+        journal: A path or `Journal`: record each finished job durably before
+            its result is emitted, and replay (``Result.replayed``) instead of
+            running the jobs already recorded, as in `WorkerPool.run`. Jobs
+            need ids, unique and stable from run to run (else the stream ends
+            with ``ValueError``).
 
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: a count < 1, ``rate`` not > 0, or an unknown ``overflow`` policy.
+        JournalError: ``journal`` is damaged or written by an incompatible rxpool.
     """
+    journal = to_journal(journal)
     check_scheduler(scheduler)
     check_token(token)
     policy = make_policy(
@@ -286,13 +297,20 @@ def run_jobs(
     )
     mode, remote, loop = operator_backend(backend)
     check_chunking(policy, remote)
-    return lambda source: job_observable(
-        source,
-        policy,
-        scheduler=scheduler,
-        token=token,
-        shared=None,
-        mode=mode,
-        remote=remote,
-        loop=loop,
-    )
+
+    def run(source: Any) -> Observable[Result[Any]]:
+        return job_observable(
+            source,
+            policy,
+            scheduler=scheduler,
+            token=token,
+            shared=None,
+            mode=mode,
+            remote=remote,
+            loop=loop,
+        )
+
+    if journal is None:
+        return run
+    journal_ = journal
+    return lambda source: journaled(source, journal_, run, ordered=ordered)
