@@ -20,13 +20,9 @@ from ._job import Job, Result
 from ._stats import Tracker
 from ._threads import SchedulerSlots, ThreadRunner, can_block
 from ._token import CancelToken
-from .backends import (
-    _BACKEND_MEMBERS,
-    AsyncioBackend,
-    Backend,
-    ThreadBackend,
-    default_process_backend,
-)
+from .backends import AsyncioBackend, Backend, ThreadBackend
+from .backends._process import default_process_backend
+from .backends._protocol import BACKEND_MEMBERS
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -88,8 +84,8 @@ def check_backend(backend: object) -> BackendSpec:
         if backend.chunk_size is not None:
             check_count(f"{type(backend).__name__}.chunk_size", backend.chunk_size)
         return backend
-    missing = [name for name in _BACKEND_MEMBERS if not hasattr(backend, name)]
-    if len(missing) < len(_BACKEND_MEMBERS):  # a backend of the caller's own, not quite one
+    missing = [name for name in BACKEND_MEMBERS if not hasattr(backend, name)]
+    if len(missing) < len(BACKEND_MEMBERS):  # a backend of the caller's own, not quite one
         raise TypeError(
             f"backend {type(backend).__name__} lacks {', '.join(missing)}: a Backend has"
             " run_chunk(calls, token), close() and chunk_size (an int, or None to let"

@@ -19,12 +19,16 @@ One `_Run` is one subscription. Its path (see DESIGN.md)::
   outcome may be deferred: a failed attempt waiting to be retried (its backoff
   runs on a timer and holds no slot), or a timed-out job whose result the
   watchdog already delivered while its function still runs.
-* Emitter. Every observer call happens under ``_lock`` (an RLock, so a
-  subscriber may dispose from inside ``on_next``) through one queue drained by
-  one thread at a time; nothing is emitted once the run is stopped. With
-  ``ordered=True`` outcomes wait in a reorder map keyed by sequence number; a
-  slot takes no job more than ``window`` places past the oldest undelivered
-  one, so a full window stops the intake instead of growing.
+* Emitter. Parts queue notifications under ``_lock`` (an RLock, so a
+  subscriber may dispose from inside ``on_next``); the `Emitter` delivers them
+  once the lock is released, one call at a time, and nothing once the run is
+  stopped. With ``ordered=True`` outcomes wait in a reorder map keyed by
+  sequence number; a slot takes no job more than ``window`` places past the
+  oldest undelivered one, so a full window stops the intake instead of growing.
+
+Lock order (see docs/architecture.md): ``_pull_lock`` before ``_lock``;
+under ``_lock`` only leaf locks (a cursor's, the watchdog's, ``Counters``);
+never the emitter's lock or a token's while ``_lock`` is held.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from ._threads import ThreadRunner
 from ._timers import Timer, call_later
 from ._token import CancelToken
 from .backends import Backend, Lane
+from .backends._protocol import LaneBackend
 
 _log: Final = logging.getLogger("rxpool")
 
@@ -185,7 +190,7 @@ class _Run(Generic[_T, _R]):
         self._slots = slots
         # Loop mode: slots are tasks on an event loop (see _aio); else drain loops on threads.
         self._loop_slots: _aio.LoopSlots | None = (
-            slots if getattr(slots, "is_async", False) else None
+            slots if isinstance(slots, _aio.LoopSlots) else None
         )
         self._slot_task: Callable[[], Any] = self._aslot if self._loop_slots else self._slot
         # Thread mode: the loop the run was subscribed from runs its coroutine jobs.
@@ -198,7 +203,9 @@ class _Run(Generic[_T, _R]):
         self._chunk_stats = threading.local()  # per slot thread: the last chunk's compute time
         # A backend with lanes (processes) takes a slot's next chunk while it
         # runs the last one (see _lane_slot).
-        self._open_lane: Callable[[CancelToken], Lane] | None = getattr(remote, "open_lane", None)
+        self._open_lane: Callable[[CancelToken], Lane] | None = (
+            remote.open_lane if isinstance(remote, LaneBackend) else None
+        )
         if self._open_lane is not None and self._loop_slots is None:
             self._slot_task = self._lane_slot
         # Batches on rxpool's threads deliver their finished part when a batch
@@ -960,7 +967,7 @@ class _Run(Generic[_T, _R]):
 
     def _room(self, want: int) -> int:
         """How many items a slot may take now (under ``_lock``); 0 when stopped."""
-        if self._stopped or self._token._error is not None or self._fatal_hold is not None:
+        if self._stopped or self._token.fired or self._fatal_hold is not None:
             return 0  # stopped, about to be, or waiting to end with an error
         if self._ordered:
             return min(want, self._window - (self._seq - self._next_emit))

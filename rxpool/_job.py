@@ -100,6 +100,9 @@ class Job(Generic[_R]):
     loop the run was subscribed from (or on a loop of its own). Cancelling the
     run cancels its task.
 
+    ``id_given`` says whether ``id`` was given (a run with a `Journal` needs
+    it: automatic ids differ from one run to the next).
+
     Args:
         fn: The function to call.
         args: Positional arguments, a tuple (any other sequence is copied into one).
@@ -120,10 +123,10 @@ class Job(Generic[_R]):
     """
 
     __slots__ = (
-        "_named",
         "args",
         "descriptor",
         "fn",
+        "id_given",
         "is_async",
         "kwargs",
         "priority",
@@ -169,7 +172,8 @@ class Job(Generic[_R]):
         self.fn: Callable[..., _R] = fn
         self.args: tuple[Any, ...] = args
         self.kwargs: Mapping[str, Any] = kwargs if kwargs is not None else {}
-        self._named = id is not None  # a journal keys jobs by ids the caller gave
+        # True when the caller named the job (a journal keys its records by such ids).
+        self.id_given: bool = id is not None
         self.descriptor = JobDescriptor(next(_ids) if id is None else id, kind, metadata)
         self.wants_token: bool = "token" not in self.kwargs and wants_token(fn)
         self.is_async: bool = is_coroutine_function(fn)

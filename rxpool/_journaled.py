@@ -81,7 +81,7 @@ def function_name(job: Job[Any]) -> tuple[int | None, str | None]:
 
 
 def _key(job: Job[Any], where: str = "a job") -> str:
-    if not job._named:
+    if not job.id_given:
         raise ValueError(
             f"{where} has no id: a run with a journal keys its records by Job id,"
             " so every job needs an id= that stays the same from run to run"

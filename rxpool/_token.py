@@ -153,6 +153,16 @@ class CancelToken:
         return min(own, inherited)
 
     @property
+    def fired(self) -> bool:
+        """True once the token is cancelled, without reading the clock.
+
+        Unlike `cancelled`, a deadline that has passed but that nobody has
+        checked yet does not count, and reading it never runs callbacks:
+        safe under a lock that an ``on_cancel`` callback may take.
+        """
+        return self._error is not None
+
+    @property
     def error(self) -> Cancelled | None:
         """The `Cancelled` (or `DeadlineExceeded`) this token was cancelled with, else None."""
         self.cancelled  # noqa: B018 - a passed deadline cancels on read

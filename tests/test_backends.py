@@ -30,13 +30,13 @@ import rxpool
 from rxpool import Cancelled, CancelToken, Job, JobTimeout, Result, Retry, WorkerPool
 from rxpool import operators as rops
 from rxpool.backends import (
-    _BACKEND_MEMBERS,
     AsyncioBackend,
     Backend,
     DaskBackend,
     ProcessBackend,
     ThreadBackend,
 )
+from rxpool.backends._protocol import BACKEND_MEMBERS
 
 from . import _jobs
 from ._helpers import Recorder, wait_until
@@ -517,12 +517,12 @@ def test_a_backend_of_ones_own_runs_jobs_and_a_near_miss_is_told_what_it_lacks()
     with pytest.raises(TypeError, match=r"_Inline.chunk_size must be an int, got str"):
         WorkerPool(2, backend=_Inline(chunk_size="8"))
     # The names the message gives are the Protocol's: lacking any one, it is no Backend.
-    for name in _BACKEND_MEMBERS:
+    for name in BACKEND_MEMBERS:
         assert not isinstance(
-            type("Partial", (), dict.fromkeys(set(_BACKEND_MEMBERS) - {name}, _fail))(),
+            type("Partial", (), dict.fromkeys(set(BACKEND_MEMBERS) - {name}, _fail))(),
             Backend,
         )
-    assert isinstance(type("Whole", (), dict.fromkeys(_BACKEND_MEMBERS, _fail))(), Backend)
+    assert isinstance(type("Whole", (), dict.fromkeys(BACKEND_MEMBERS, _fail))(), Backend)
 
 
 def test_processes_start_from_a_forkserver_by_default() -> None:
@@ -543,7 +543,7 @@ def test_the_forkserver_preload_keeps_the_programs_own_modules() -> None:
     try:
         multiprocessing.set_forkserver_preload(["__main__", "json"])
         ProcessBackend(1, start_method="forkserver")
-        ours = ["rxpool._remote", "rxpool._forkserver"]
+        ours = ["rxpool._remote", "rxpool.backends._process.preload"]
         assert server._preload_modules == ["__main__", "json", *ours]
         ProcessBackend(1)  # added once
         assert server._preload_modules == ["__main__", "json", *ours]
@@ -774,12 +774,12 @@ def test_a_forkserver_ignores_a_main_module_set_by_another_program(
 ) -> None:
     # The variable may reach a program that did not set it (a child of one
     # that did): a forkserver whose parent did not set it runs nothing.
-    from rxpool import _forkserver
+    from rxpool.backends._process import preload
 
     main = sys.modules["__main__"]
     told = {"parent": os.getpid(), "init_main_from_path": "/nonexistent/main.py"}
     monkeypatch.setenv("RXPOOL_FORKSERVER_PRELOAD", json.dumps(told))
-    _forkserver._preload()  # this process's parent is not os.getpid()
+    preload._preload()  # this process's parent is not os.getpid()
     assert "RXPOOL_FORKSERVER_PRELOAD" not in os.environ
     assert sys.modules["__main__"] is main
 
@@ -1204,7 +1204,7 @@ def test_a_crash_in_a_chunk_fails_the_job_it_died_under_and_runs_the_rest_once(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where spill files go
     runs = tmp_path / "runs"
     backend = ProcessBackend(1, chunk_size=5)
-    backend._spilling = spilling
+    backend._processes.spilling = spilling
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [Job(_jobs.tally, args=(str(runs), i), id=i) for i in range(4)]
@@ -1248,7 +1248,7 @@ def test_crashes_in_chunks_give_one_result_a_job_and_run_each_job_at_most_once(
         for i, kind in enumerate(kinds)
     ]
     backend = ProcessBackend(processes, chunk_size=chunk_size)
-    backend._spilling = spilling
+    backend._processes.spilling = spilling
     try:
         with WorkerPool(processes, backend=backend) as pool:
             out = collect(pool.run(jobs))
@@ -1410,7 +1410,7 @@ def test_the_jobs_of_a_crashed_chunk_each_get_a_worker_crashed_of_their_own() ->
     # One exception object per result (a note on one stays there), and none
     # carries the traceback of rxpool's frames, which would keep the run alive.
     backend = ProcessBackend(1, chunk_size=4)
-    backend._spilling = False  # the first three results are lost, not spilled
+    backend._processes.spilling = False  # the first three results are lost, not spilled
     try:
         with WorkerPool(1, backend=backend) as pool:
             jobs = [Job(_jobs.double, args=(i,), id=i) for i in range(3)]

@@ -8,7 +8,7 @@ the forkserver's preload list is meant to do the first once, in the server,
 but before Python 3.13.8 it never did (CPython gh-126631: the server looks
 for the main path under a key the parent never fills in).
 
-`rxpool.backends` starts the forkserver with, in the environment variable
+`rxpool.backends._process.forkserver` starts the forkserver with, in the environment variable
 ``RXPOOL_FORKSERVER_PRELOAD``, the main module's location and the modules of
 the functions of the first chunk to run. Importing this module in the new
 server (it is on the preload list) runs the main module there as a worker
@@ -29,13 +29,13 @@ import threading
 from multiprocessing import process, spawn, util
 from types import ModuleType
 
-# This module imports `rxpool.backends`, never the other way round: the server
-# imports it after the whole package, so the main module it runs finds rxpool whole.
-from .backends import _PRELOAD_ENVIRONMENT_KEY, _PRELOAD_PREPARATION_KEYS
+# Importing this module imports the whole of rxpool first (nothing in rxpool
+# imports it): the main module it runs in the server finds rxpool whole.
+from .forkserver import PRELOAD_ENVIRONMENT_KEY, PRELOAD_PREPARATION_KEYS
 
 
 def _preload() -> None:
-    raw = os.environ.pop(_PRELOAD_ENVIRONMENT_KEY, None)  # so that the workers never see it
+    raw = os.environ.pop(PRELOAD_ENVIRONMENT_KEY, None)  # so that the workers never see it
     if raw is None:
         return
     try:
@@ -51,7 +51,7 @@ def _preload() -> None:
     # right after its preload), so a main module that reads stdin at its top
     # level neither waits on the parent's terminal nor takes the parent's input.
     util._close_stdin()  # type: ignore[attr-defined]
-    preparation = {key: data[key] for key in _PRELOAD_PREPARATION_KEYS if key in data}
+    preparation = {key: data[key] for key in PRELOAD_PREPARATION_KEYS if key in data}
     modules = data.get("modules")
     current = process.current_process()
     current._inheriting = True  # type: ignore[attr-defined]  # no process starts from here
