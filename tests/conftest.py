@@ -21,10 +21,15 @@ def no_thread_leak() -> Iterator[None]:
     """Fail a test whose worker threads outlive it (after a grace period for lingering)."""
     before = _rxpool_threads()
     yield
+
     # Idle threads of the cache that operator runs share are not leaks: they
-    # would exit after their idle timeout; let them go now. Busy ones stay.
-    shared_threads().trim()
-    left = wait_until(lambda: not (_rxpool_threads() - before), timeout=5.0)
+    # would exit after their idle timeout; let them go now, and those that
+    # finish their last job while this waits too. Busy ones stay.
+    def settled() -> bool:
+        shared_threads().trim()
+        return not (_rxpool_threads() - before)
+
+    left = wait_until(settled, timeout=5.0)
     assert left, f"threads outlived the test: {sorted(t.name for t in _rxpool_threads() - before)}"
 
 

@@ -107,7 +107,8 @@ def test_map_reads_stdin_kwargs_and_text_and_exits_0(workdir: Path) -> None:
 
 
 def test_map_options_timeout_retries_fail_fast_and_backends(workdir: Path) -> None:
-    proc = rxpool(workdir, "map", "work:slow", "--timeout", "0.1", stdin="5\n0\n")
+    # A job of 1 s past its 0.1 s: the command waits for it before exiting.
+    proc = rxpool(workdir, "map", "work:slow", "--timeout", "0.1", stdin="1\n0\n")
     assert proc.returncode == 1
     errors = {r["id"]: r.get("error", {}).get("type") for r in records(proc.stdout)}
     assert errors == {1: "JobTimeout", 2: None}

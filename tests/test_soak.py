@@ -19,6 +19,10 @@ from rxpool._engine import JobRun
 
 from ._helpers import wait_until
 
+# A million jobs, a thousand subscriptions: minutes of CPU between them, so
+# they run in CI's own step (`pytest -m slow`), not in the quick suite.
+pytestmark = pytest.mark.slow
+
 
 def rss_mib() -> float:
     with open("/proc/self/status") as status:
