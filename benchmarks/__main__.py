@@ -574,6 +574,13 @@ def journal(report: Report) -> None:
     journal_section(report, table)
 
 
+def adaptive(report: Report) -> None:
+    """12. Adaptive concurrency against a simulated service (see adaptive_bench)."""
+    from .adaptive_bench import adaptive_section
+
+    adaptive_section(report, table)
+
+
 def _ratio(rates: dict[str, float], base: float) -> tuple[float, bool]:
     ratio = rates["rxpool aiter(WorkerPool.run), thread jobs"] / base
     return ratio, ratio >= 1.0
@@ -692,6 +699,10 @@ def plots(report: Report, out: Path) -> None:
         scaling_data["series"],
         log_y=False,
     )
+    if "adaptive_log" in report.data:
+        from .adaptive_bench import plot
+
+        plot(img / "adaptive.png", report.data["adaptive_log"])
     rss = report.data["rss"]
     _line_plot(
         plt,
@@ -766,6 +777,7 @@ SECTIONS: dict[str, Callable[[Report], None]] = {
     "progress": progress_section,
     "executor": executor,
     "journal": journal,
+    "adaptive": adaptive,
 }
 
 

@@ -10,6 +10,7 @@ private modules (``rxpool._*``) so that helpers can be named freely.
 from __future__ import annotations
 
 from . import backends, bridges, operators
+from ._adaptive import Adaptive
 from ._exceptions import (
     BufferOverflow,
     Cancelled,
@@ -34,6 +35,7 @@ from .bridges import aiter, gather, iterate, last
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adaptive",
     "BufferOverflow",
     "CancelToken",
     "Cancelled",

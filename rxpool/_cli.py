@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from ._adaptive import Adaptive
 from ._exceptions import Cancelled, JournalError
 from ._job import Job, Result
 from ._journal import Journal, JournalRecord, JournalWriter
@@ -166,7 +167,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a file of input lines; '-' or nothing for stdin",
     )
     parser.add_argument("--text", action="store_true", help="each line is a plain string")
-    parser.add_argument("--workers", type=_positive_int, default=8, help="jobs at once (8)")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=8,
+        metavar="N|auto[:MIN-MAX]",
+        help="jobs at once (8); auto: an adaptive limit (rxpool.Adaptive, 1-64 by default)",
+    )
     parser.add_argument("--ordered", action="store_true", help="results in input order")
     parser.add_argument("--timeout", type=_positive_float, help="seconds a job may run")
     parser.add_argument(
@@ -215,6 +222,8 @@ def run_map(
         parser.error(str(error))  # exits 2 with the usage line
     if args.chunk_size is not None and args.backend != "process":
         parser.error("--chunk-size needs --backend process")
+    if isinstance(args.workers, Adaptive) and args.backend == "process":
+        parser.error("--workers auto needs --backend thread or asyncio (give processes a number)")
     if args.keep_failed and not args.journal:
         parser.error("--keep-failed needs --journal")
     if args.journal and args.input == "-":
@@ -463,5 +472,28 @@ def _number(
 
 
 _positive_int = _number(int, 1, "a positive integer")
+
+
+def _workers(text: str) -> int | Adaptive:
+    """``--workers``: a positive integer, ``auto`` or ``auto:MIN-MAX``."""
+    if text == "auto":
+        return Adaptive()
+    if text.startswith("auto:"):
+        low, sep, high = text[5:].partition("-")
+        try:
+            return Adaptive(min=int(low), max=int(high)) if sep else Adaptive(max=int(low))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(
+                f"expected auto:MIN-MAX with 1 <= MIN <= MAX, got {text!r} ({error})"
+            ) from None
+    try:
+        result: int = _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, auto or auto:MIN-MAX, got {text!r}"
+        ) from None
+    return result
+
+
 _non_negative_int = _number(int, 0, "an integer >= 0")
 _positive_float = _number(float, 0, "a positive number", strict=True)

@@ -99,6 +99,7 @@ _LANE_DEPTH: Final = 2
 _FLUSH_AFTER: Final = 0.002
 
 _NOTHING: Final = object()
+_TIMED_OUT: Final = JobTimeout("the job ran past its timeout")  # reported to an adaptive limit
 _DEFERRED: Final = object()  # an outcome that comes later (retry) or came already (timeout)
 _RUNNING: Final = object()  # a timed attempt whose function runs and whose deadline is ahead
 
@@ -185,6 +186,10 @@ class _Run(Generic[_T, _R]):
         self._observer = observer
         self._policy = policy
         self._n = policy.max_concurrent
+        # An adaptive limit: _n follows it (read under _lock), slots over it exit.
+        self._adaptive = policy.adaptive if remote is None else None
+        if policy.adaptive is not None:
+            self._n = policy.adaptive.limit
         self._ordered = policy.ordered
         self._window = policy.window
         self._slots = slots
@@ -228,7 +233,10 @@ class _Run(Generic[_T, _R]):
         if policy.rate is not None:
             self._limiter = RateLimiter(policy.rate, policy.burst, self._now)
         # Runs that must account for every item, or that defer outcomes, track them.
-        self._tracked = policy.timeout is not None or policy.retry is not None
+        # An adaptive limit measures every attempt: those runs take the careful path too.
+        self._tracked = (
+            policy.timeout is not None or policy.retry is not None or self._adaptive is not None
+        )
 
         self._lock = _RunLock(self)
         self._space = Condition(self._lock.raw)
@@ -346,7 +354,13 @@ class _Run(Generic[_T, _R]):
             where = "remote" if self._remote else "loop" if self._loop_slots else "threads"
             _log.debug("run %x starts: %d slots on %s (%r)", id(self), self._n, where, self._slots)
         if self._policy.progress and self.tracker is not None:
-            self._progress = ProgressBar(self.tracker, self._policy.total, self._running)
+            adaptive = self._adaptive
+            self._progress = ProgressBar(
+                self.tracker,
+                self._policy.total,
+                self._running,
+                limit=(lambda: adaptive.limit) if adaptive is not None else None,
+            )
 
     def _clock_now(self) -> float:
         """Now, on the clock timers use (the virtual one on a virtual-time scheduler)."""
@@ -487,6 +501,8 @@ class _Run(Generic[_T, _R]):
         with self._lock:
             if self._stopped or self._window_blocked or self._rate_waiter:
                 return
+            if self._adaptive is not None:
+                self._n = self._adaptive.limit
             if (self._iterator or self._aiterator) is not None and not self._source_done:
                 want = self._n - self._active
             else:
@@ -744,6 +760,8 @@ class _Run(Generic[_T, _R]):
         except Exception as raised:
             error = raised
         finished = _monotonic()
+        if self._adaptive is not None:
+            self._adapt(finished - started, error)
         if error is None:
             outcome = self._success(item, value, attempt, started, finished)
         else:
@@ -831,6 +849,12 @@ class _Run(Generic[_T, _R]):
         """
         if keep and self._limiter is not None:
             return None
+        if self._adaptive is not None and not keep:
+            with self._lock:
+                self._n = self._adaptive.limit
+                if self._active > self._n:  # the limit came down: this slot goes
+                    self._active -= 1
+                    return None
         if self._retry_queue and not keep:  # an unlocked peek: most runs never retry
             retried = self._take_retry()
             if retried is not _NOTHING:
@@ -1076,10 +1100,20 @@ class _Run(Generic[_T, _R]):
             # dict.pop is atomic: the slot and the watchdog cannot both take _RUNNING.
             if self._timed.pop(key, None) is not _RUNNING:
                 self._counters.add_abandoned(-1)
+                if self._adaptive is not None:
+                    self._adapt(finished - started, _TIMED_OUT)
                 return _DEFERRED  # its timeout was reported at the deadline
+        if self._adaptive is not None:
+            self._adapt(finished - started, error)
         if error is None:
             return self._success(item, value, attempt, started, finished)
         return self._failure(seq, item, error, attempt, errors, started, finished)
+
+    def _adapt(self, seconds: float, error: BaseException | None) -> None:
+        """Report an attempt to the adaptive limit; start slots if it went up."""
+        assert self._adaptive is not None
+        if self._adaptive.report(seconds, error) > self._active:  # an unlocked peek
+            self._kick()
 
     def _failure(
         self,
@@ -1957,7 +1991,7 @@ class JobRun(_Run[Job[Any], Result[Any]]):
 
     def _plain(self, items: list[Any]) -> bool:
         policy = self._policy
-        if policy.timeout is not None or policy.retry is not None:
+        if policy.timeout is not None or policy.retry is not None or self._adaptive is not None:
             return False
         for job in items:  # a loop, not any(): this runs for every batch
             if job.timeout is not None or job.retry is not None or job.is_async:

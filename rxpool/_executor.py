@@ -28,6 +28,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 from reactivex import Observable, abc
 from reactivex.subject import Subject
 
+from ._adaptive import Adaptive, check_limit
 from ._checks import check_callable, check_count
 from ._dispatch import (
     BackendSpec,
@@ -112,7 +113,7 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(
         self,
-        max_workers: int | None = None,
+        max_workers: int | Adaptive | None = None,
         *,
         backend: BackendSpec = "thread",
         thread_name_prefix: str = "",
@@ -129,7 +130,8 @@ class Executor(concurrent.futures.Executor):
             max_workers = _default_workers(processes)
         elif isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers < 1:
             raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
-        self._workers = check_count("max_workers", max_workers)
+        self._limit: int | Adaptive = max_workers
+        self._workers = check_limit("max_workers", max_workers, check_count)
         if not isinstance(thread_name_prefix, str):
             raise TypeError(
                 f"thread_name_prefix must be a str, got {type(thread_name_prefix).__name__}"
@@ -165,7 +167,7 @@ class Executor(concurrent.futures.Executor):
         self._stats = PoolStats()
 
     def _policy(self, **more: Any) -> Policy:
-        return make_policy(self._workers, buffer_size=sys.maxsize, **self._options, **more)
+        return make_policy(self._limit, buffer_size=sys.maxsize, **self._options, **more)
 
     @property
     def max_workers(self) -> int:
@@ -383,7 +385,9 @@ class Executor(concurrent.futures.Executor):
 
     def statistics(self) -> Statistics:
         """A snapshot of the executor's work so far (as `WorkerPool.statistics`)."""
-        return self._stats.snapshot()
+        return self._stats.snapshot(
+            self._limit.limit if isinstance(self._limit, Adaptive) else self._limit
+        )
 
     # The runs' owner (see _dispatch.RunOwner).
 

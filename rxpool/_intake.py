@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from ._adaptive import Adaptive, check_limit
 from ._checks import check_bool, check_count
 from ._job import check_timeout
 from ._retry import Retry
@@ -37,6 +38,7 @@ class Policy:
     progress: bool = False
     total: int | None = None  # jobs the source will give, for the progress bar's ETA
     chunk_size: int | None = None  # jobs per chunk on a remote backend (None: the backend's)
+    adaptive: Adaptive | None = None  # a limit that moves (max_concurrent is its max)
 
 
 def make_policy(
@@ -56,7 +58,7 @@ def make_policy(
     chunk_size: object = None,
 ) -> Policy:
     """Check every option, naming the argument and what was expected."""
-    n = check_count("max_concurrent", max_concurrent)
+    n = check_limit("max_concurrent", max_concurrent, check_count)
     check_bool("ordered", ordered)
     assert isinstance(ordered, bool)
     size = check_count("buffer_size", buffer_size)
@@ -98,6 +100,7 @@ def make_policy(
         progress=progress,
         total=total,
         chunk_size=None if chunk_size is None else check_count("chunk_size", chunk_size),
+        adaptive=max_concurrent if isinstance(max_concurrent, Adaptive) else None,
     )
 
 

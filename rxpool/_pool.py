@@ -16,6 +16,7 @@ from reactivex import Observable, abc
 from reactivex import operators as ops
 from reactivex.subject import Subject
 
+from ._adaptive import Adaptive, check_limit
 from ._aio import cancellable, run_coroutine, running_loop
 from ._checks import check_bool, check_callable, check_count, check_scheduler, check_token
 from ._dispatch import (
@@ -96,13 +97,16 @@ class WorkerPool:
 
     def __init__(
         self,
-        workers: int,
+        workers: int | Adaptive,
         *,
         scheduler: abc.SchedulerBase | None = None,
         backend: BackendSpec = "thread",
         thread_name_prefix: str = "",
     ) -> None:
-        self._workers = check_count("workers", workers)
+        # An Adaptive limit: runs follow it; the pool's threads are sized for its max.
+        self._limit: int | Adaptive = workers
+        self._workers = check_limit("workers", workers, check_count)
+        workers = self._workers
         if not isinstance(thread_name_prefix, str):
             raise TypeError(
                 f"thread_name_prefix must be a str, got {type(thread_name_prefix).__name__}"
@@ -142,7 +146,7 @@ class WorkerPool:
 
     @property
     def workers(self) -> int:
-        """How many jobs run at once in each run."""
+        """How many jobs run at once in each run (an `Adaptive` limit's ``max``)."""
         return self._workers
 
     @property
@@ -240,7 +244,7 @@ class WorkerPool:
                     check_ids(jobs)
         check_token(token)
         policy = make_policy(
-            self._workers,
+            self._limit,
             ordered=ordered,
             buffer_size=buffer_size,
             overflow=overflow,
@@ -488,7 +492,8 @@ class WorkerPool:
         the throughput since the first job. Cheap enough to poll: it adds up
         per-run counters that the runs keep anyway.
         """
-        return self._stats.snapshot()
+        limit = self._limit
+        return self._stats.snapshot(limit.limit if isinstance(limit, Adaptive) else limit)
 
     def statistics_stream(self, interval: float = 1.0) -> Observable[Statistics]:
         """An Observable of `statistics` snapshots every ``interval`` seconds, for dashboards.

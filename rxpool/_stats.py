@@ -53,6 +53,9 @@ class Statistics:
         latency_p50 / latency_p95 / latency_p99: Seconds a job ran (recent jobs).
         jobs_per_second: Results per second since the pool's first job.
         elapsed: Seconds since the pool's first job.
+        limit: Jobs each run may run at once now: the pool's worker count,
+            or an `rxpool.Adaptive` limit's current value (None where no
+            pool counts: a bare tracker).
     """
 
     submitted: int = 0
@@ -70,6 +73,7 @@ class Statistics:
     latency_p99: float = 0.0
     jobs_per_second: float = 0.0
     elapsed: float = 0.0
+    limit: int | None = None
 
     @property
     def completed(self) -> int:
@@ -156,7 +160,7 @@ class PoolStats:
             done.retried += tracker.retried
             done.durations.extend(tracker.durations)
 
-    def snapshot(self) -> Statistics:
+    def snapshot(self, limit: int | None = None) -> Statistics:
         with self._lock:
             trackers = [*self._live, self._done]
             first = self._first
@@ -195,6 +199,7 @@ class PoolStats:
             latency_p99=_percentile(durations, 0.99),
             jobs_per_second=completed / elapsed if elapsed > 0 else 0.0,
             elapsed=elapsed,
+            limit=limit,
         )
 
 
@@ -217,10 +222,16 @@ class ProgressBar:
     force_stream: IO[str] | None = None
 
     def __init__(
-        self, tracker: Tracker, total: int | None, running: Callable[[], int], force: bool = False
+        self,
+        tracker: Tracker,
+        total: int | None,
+        running: Callable[[], int],
+        force: bool = False,
+        limit: Callable[[], int] | None = None,
     ) -> None:
         self._tracker = tracker
         self._running = running
+        self._limit = limit  # an adaptive limit's current value, shown beside running
         self._bar: Any = None
         self._timer: Any = None
         self._lock = threading.Lock()
@@ -251,7 +262,10 @@ class ProgressBar:
         bar = self._bar
         failed = t.failed + t.timed_out + t.cancelled + t.dropped
         bar.n = t.completed
-        bar.set_postfix_str(f"done={t.succeeded} failed={failed} running={self._running()}", False)
+        limit = f" limit={self._limit()}" if self._limit is not None else ""
+        bar.set_postfix_str(
+            f"done={t.succeeded} failed={failed} running={self._running()}{limit}", False
+        )
         bar.refresh()
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from reactivex import Observable, abc
 
+from ._adaptive import Adaptive
 from ._checks import check_callable, check_scheduler, check_token
 from ._dispatch import (
     BackendSpec,
@@ -78,7 +79,7 @@ def flat_map(
 
 def map_concurrent(
     fn: Callable[..., _R],
-    max_concurrent: int,
+    max_concurrent: int | Adaptive,
     *,
     scheduler: abc.SchedulerBase | None = None,
     ordered: bool = False,
@@ -203,7 +204,7 @@ def map_concurrent(
 
 
 def run_jobs(
-    max_concurrent: int,
+    max_concurrent: int | Adaptive,
     *,
     scheduler: abc.SchedulerBase | None = None,
     token: CancelToken | None = None,

@@ -8,6 +8,7 @@ import rxpool.operators
 
 def test_rxpool_all() -> None:
     assert rxpool.__all__ == [
+        "Adaptive",
         "BufferOverflow",
         "CancelToken",
         "Cancelled",

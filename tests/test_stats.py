@@ -195,6 +195,20 @@ def test_progress_bar_draws_done_failed_running_and_closes() -> None:
     assert "2/4" in text and "done=1" in text and "failed=1" in text and "running=1" in text
 
 
+def test_progress_bar_shows_an_adaptive_limit() -> None:
+    stream = io.StringIO()
+    import sys
+
+    real = sys.stderr
+    sys.stderr = stream
+    try:
+        bar = ProgressBar(Tracker(), total=2, running=lambda: 1, force=True, limit=lambda: 7)
+        bar.close()
+    finally:
+        sys.stderr = real
+    assert "running=1 limit=7" in stream.getvalue()
+
+
 def test_bad_progress_arguments() -> None:
     with WorkerPool(1) as pool:
         with pytest.raises(TypeError, match="progress"):
