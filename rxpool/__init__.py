@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from . import backends, bridges, operators
 from ._adaptive import Adaptive
+from ._breaker import Breaker
 from ._exceptions import (
     BufferOverflow,
     Cancelled,
+    CircuitOpen,
     DeadlineExceeded,
     Dropped,
     JobTimeout,
@@ -36,9 +38,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adaptive",
+    "Breaker",
     "BufferOverflow",
     "CancelToken",
     "Cancelled",
+    "CircuitOpen",
     "DeadlineExceeded",
     "Dropped",
     "Executor",

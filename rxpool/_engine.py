@@ -186,6 +186,7 @@ class _Run(Generic[_T, _R]):
         self._observer = observer
         self._policy = policy
         self._n = policy.max_concurrent
+        self._breaker = policy.breaker  # run_jobs: per job kind, checked around each call
         # An adaptive limit: _n follows it (read under _lock), slots over it exit.
         self._adaptive = policy.adaptive if remote is None else None
         if policy.adaptive is not None:
@@ -738,11 +739,15 @@ class _Run(Generic[_T, _R]):
         started = _monotonic()
         error: Exception | None = None
         value: Any = None
-        if self._is_async(item):
-            work: Any = self._call(item, token)
-        else:
-            work = slots.offload(lambda: self._call(item, token))
+        breaker = self._breaker
+        trial: bool | None = None  # with a breaker: None when it refused the job
         try:
+            if breaker is not None:
+                trial = breaker.enter(item.descriptor.kind)
+            if self._is_async(item):
+                work: Any = self._call(item, token)
+            else:
+                work = slots.offload(lambda: self._call(item, token))
             if timeout is None:
                 value = await work
             else:
@@ -760,6 +765,8 @@ class _Run(Generic[_T, _R]):
         except Exception as raised:
             error = raised
         finished = _monotonic()
+        if breaker is not None and trial is not None:
+            breaker.leave(item.descriptor.kind, error, trial)
         if self._adaptive is not None:
             self._adapt(finished - started, error)
         if error is None:
@@ -1090,7 +1097,11 @@ class _Run(Generic[_T, _R]):
             cursor.arm(_Running(key, item, errors, started, timeout, token))
         error: Exception | None = None
         value: Any = None
+        breaker = self._breaker
+        trial: bool | None = None  # with a breaker: None when it refused the job
         try:
+            if breaker is not None:
+                trial = breaker.enter(item.descriptor.kind)
             value = self._call(item, token)
         except BaseException as raised:
             error = job_error(raised)
@@ -1102,7 +1113,11 @@ class _Run(Generic[_T, _R]):
                 self._counters.add_abandoned(-1)
                 if self._adaptive is not None:
                     self._adapt(finished - started, _TIMED_OUT)
+                if breaker is not None and trial is not None:
+                    breaker.leave(item.descriptor.kind, _TIMED_OUT, trial)
                 return _DEFERRED  # its timeout was reported at the deadline
+        if breaker is not None and trial is not None:
+            breaker.leave(item.descriptor.kind, error, trial)
         if self._adaptive is not None:
             self._adapt(finished - started, error)
         if error is None:
@@ -1991,7 +2006,9 @@ class JobRun(_Run[Job[Any], Result[Any]]):
 
     def _plain(self, items: list[Any]) -> bool:
         policy = self._policy
-        if policy.timeout is not None or policy.retry is not None or self._adaptive is not None:
+        if policy.timeout is not None or policy.retry is not None:
+            return False
+        if self._adaptive is not None or self._breaker is not None:
             return False
         for job in items:  # a loop, not any(): this runs for every batch
             if job.timeout is not None or job.retry is not None or job.is_async:

@@ -11,6 +11,7 @@ Every rxpool exception derives from `RxPoolError`::
     ├── PoolClosed              work submitted to a closed WorkerPool
     ├── WorkerCrashed           the process or cluster worker running a job died
     ├── NotSendable             a job (or its result) could not be pickled for another process
+    ├── CircuitOpen             a job not run: the breaker of its kind is open
     └── JournalError            a run journal is damaged, incompatible, in use, or does not match
 
 A job's own exception is never wrapped: it becomes `Result.error` unchanged
@@ -30,6 +31,7 @@ from typing import TypeVar
 __all__ = [
     "BufferOverflow",
     "Cancelled",
+    "CircuitOpen",
     "DeadlineExceeded",
     "Dropped",
     "JobTimeout",
@@ -78,6 +80,10 @@ class WorkerCrashed(RxPoolError):
 
 class NotSendable(RxPoolError, TypeError):
     """A job, or its result, cannot be pickled to cross into (or out of) another process."""
+
+
+class CircuitOpen(RxPoolError):
+    """The job was not run: the `Breaker` of its kind is open (a run of failures)."""
 
 
 class JournalError(RxPoolError):

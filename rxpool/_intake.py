@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from ._adaptive import Adaptive, check_limit
+from ._breaker import Breaker
 from ._checks import check_bool, check_count
 from ._job import check_timeout
 from ._retry import Retry
@@ -39,6 +40,7 @@ class Policy:
     total: int | None = None  # jobs the source will give, for the progress bar's ETA
     chunk_size: int | None = None  # jobs per chunk on a remote backend (None: the backend's)
     adaptive: Adaptive | None = None  # a limit that moves (max_concurrent is its max)
+    breaker: Breaker | None = None  # run_jobs: a circuit breaker per job kind
 
 
 def make_policy(
@@ -56,6 +58,7 @@ def make_policy(
     progress: object = False,
     total: object = None,
     chunk_size: object = None,
+    breaker: object = None,
 ) -> Policy:
     """Check every option, naming the argument and what was expected."""
     n = check_limit("max_concurrent", max_concurrent, check_count)
@@ -101,7 +104,14 @@ def make_policy(
         total=total,
         chunk_size=None if chunk_size is None else check_count("chunk_size", chunk_size),
         adaptive=max_concurrent if isinstance(max_concurrent, Adaptive) else None,
+        breaker=_check_breaker(breaker),
     )
+
+
+def _check_breaker(breaker: object) -> Breaker | None:
+    if breaker is not None and not isinstance(breaker, Breaker):
+        raise TypeError(f"breaker must be an rxpool.Breaker or None, got {type(breaker).__name__}")
+    return breaker
 
 
 class PriorityBuffer:

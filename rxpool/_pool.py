@@ -18,6 +18,7 @@ from reactivex.subject import Subject
 
 from ._adaptive import Adaptive, check_limit
 from ._aio import cancellable, run_coroutine, running_loop
+from ._breaker import Breaker
 from ._checks import check_bool, check_callable, check_count, check_scheduler, check_token
 from ._dispatch import (
     BackendSpec,
@@ -176,6 +177,7 @@ class WorkerPool:
         total: int | None = None,
         chunk_size: int | None = None,
         journal: str | os.PathLike[str] | Journal | None = None,
+        breaker: Breaker | None = None,
     ) -> Observable[Result[Any]]:
         """Run ``jobs``; a cold Observable with one `Result` per job taken.
 
@@ -201,7 +203,8 @@ class WorkerPool:
         is emitted as a `Result` with ``replayed=True``. Jobs are keyed by
         their ids, which must then be given, unique and the same from run to
         run; ``on_next`` then runs on the run's journal thread (see
-        docs/journal.md).
+        docs/journal.md). ``breaker`` (a `Breaker`) fails a kind's jobs fast
+        with `CircuitOpen` once that kind has failed too often in a row.
 
         **Ordering**: as jobs finish; with ``ordered=True`` in input order.
         **Threading**: ``on_next`` runs on a pool thread, one at a time (on the
@@ -256,6 +259,7 @@ class WorkerPool:
             progress=progress,
             total=total if total is not None else _length(jobs),
             chunk_size=chunk_size,
+            breaker=breaker,
         )
         check_chunking(policy, self._remote)
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from reactivex import Observable, abc
 
 from ._adaptive import Adaptive
+from ._breaker import Breaker
 from ._checks import check_callable, check_scheduler, check_token
 from ._dispatch import (
     BackendSpec,
@@ -221,6 +222,7 @@ def run_jobs(
     total: int | None = None,
     chunk_size: int | None = None,
     journal: str | os.PathLike[str] | Journal | None = None,
+    breaker: Breaker | None = None,
 ) -> Callable[[Observable[Job[Any]]], Observable[Result[Any]]]:
     """Run `Job` s from the source, at most ``max_concurrent`` at once; one `Result` per job.
 
@@ -273,6 +275,9 @@ def run_jobs(
             running the jobs already recorded, as in `WorkerPool.run`. Jobs
             need ids, unique and stable from run to run (else the stream ends
             with ``ValueError``).
+        breaker: A `Breaker`: once a `Job.kind` has failed ``failures`` times in
+            a row, that kind's jobs get `CircuitOpen` at once until a trial
+            job after ``reset`` seconds succeeds.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -295,6 +300,7 @@ def run_jobs(
         progress=progress,
         total=total,
         chunk_size=chunk_size,
+        breaker=breaker,
     )
     mode, remote, loop = operator_backend(backend)
     check_chunking(policy, remote)

@@ -9,9 +9,11 @@ import rxpool.operators
 def test_rxpool_all() -> None:
     assert rxpool.__all__ == [
         "Adaptive",
+        "Breaker",
         "BufferOverflow",
         "CancelToken",
         "Cancelled",
+        "CircuitOpen",
         "DeadlineExceeded",
         "Dropped",
         "Executor",
