@@ -368,7 +368,7 @@ class WorkerPool:
             submissions = self._submissions
             if submissions is None:
                 submissions = self._submissions = Subject()
-                policy = self._submit_policy = make_policy(self._workers, buffer_size=sys.maxsize)
+                policy = self._submit_policy = make_policy(self._limit, buffer_size=sys.maxsize)
                 self._submit_subscription = job_observable(
                     submissions,
                     policy,
