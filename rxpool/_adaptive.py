@@ -42,8 +42,8 @@ class Adaptive:
     learned: make one per service. `limit` is the current limit, also in
     `WorkerPool.statistics` (``limit``), its stream, and the progress bar.
 
-    For threads and the asyncio backend (on process and Dask backends the
-    limit stays at ``initial``). Jobs run by a run with an adaptive limit take
+    For threads and the asyncio backend (a process or Dask backend with one
+    is a ``ValueError`` at the call). Jobs run by a run with an adaptive limit take
     its careful path (one attempt at a time, each measured): use it for I/O
     against a service, not for microsecond jobs.
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncIterable, Callable, Generator, Iterable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.scheduler import NewThreadScheduler
@@ -130,6 +130,14 @@ def check_chunking(policy: Policy, remote: Backend | None) -> None:
             "chunk_size applies to the process and Dask backends (jobs sent to workers"
             " in chunks), not to threads or the event loop"
         )
+    if policy.adaptive is not None and remote is not None:
+        raise ValueError(ADAPTIVE_REMOTE)
+
+
+ADAPTIVE_REMOTE: Final = (
+    "an rxpool.Adaptive limit works on the thread and asyncio backends;"
+    " give a process or Dask backend a number of workers"
+)
 
 
 def choose_slots(

@@ -31,6 +31,7 @@ from reactivex.subject import Subject
 from ._adaptive import Adaptive, check_limit
 from ._checks import check_callable, check_count
 from ._dispatch import (
+    ADAPTIVE_REMOTE,
     BackendSpec,
     check_backend,
     job_observable,
@@ -150,6 +151,10 @@ class Executor(concurrent.futures.Executor):
 
         self._mode, self._remote, self._loop = resolve_backend(self._backend, own_processes)
         self._owned_backend = owned[0] if owned else None
+        if isinstance(self._limit, Adaptive) and self._remote is not None:
+            if self._owned_backend is not None:
+                self._owned_backend.close()
+            raise ValueError(ADAPTIVE_REMOTE)
         self._initialized = (
             None if initializer is None else Initialized(initializer, initargs, self._remote)
         )

@@ -21,6 +21,7 @@ from ._aio import cancellable, run_coroutine, running_loop
 from ._breaker import Breaker
 from ._checks import check_bool, check_callable, check_count, check_scheduler, check_token
 from ._dispatch import (
+    ADAPTIVE_REMOTE,
     BackendSpec,
     check_backend,
     check_chunking,
@@ -122,6 +123,10 @@ class WorkerPool:
 
         self._mode, self._remote, loop = resolve_backend(self._backend, own_processes)
         self._owned_backend = owned[0] if owned else None  # closed with the pool
+        if isinstance(self._limit, Adaptive) and self._remote is not None:
+            if self._owned_backend is not None:
+                self._owned_backend.close()
+            raise ValueError(ADAPTIVE_REMOTE)
         if scheduler is not None and self._mode != "thread":
             raise ValueError(f"scheduler works with backend='thread' only, not {backend!r}")
         if self._mode == "asyncio" and loop is None:

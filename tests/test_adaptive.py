@@ -218,3 +218,12 @@ def test_statistics_and_their_stream_show_the_limit() -> None:
         assert pool.statistics().limit == limit.limit
     assert len(set(seen)) > 1  # the subscriber saw it move
     assert limit.changes > 0
+
+
+def test_an_adaptive_limit_on_a_remote_backend_is_refused_at_the_call() -> None:
+    with pytest.raises(ValueError, match="works on the thread and asyncio backends"):
+        WorkerPool(Adaptive(), backend="process")
+    with pytest.raises(ValueError, match="works on the thread and asyncio backends"):
+        Executor(max_workers=Adaptive(), backend="process")
+    with pytest.raises(ValueError, match="works on the thread and asyncio backends"):
+        rops.map_concurrent(abs, Adaptive(), backend="process")
