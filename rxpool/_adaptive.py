@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
 from typing import Final, Literal
 
+from ._checks import check_count, check_error_types
 from ._exceptions import JobTimeout
 
 __all__ = ["Adaptive", "Limit", "check_limit"]
@@ -73,11 +73,9 @@ class Adaptive:
         backoff: float = 0.9,
         tolerance: float = 1.0,
     ) -> None:
-        for name, value in (("min", min), ("max", max)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if min < 1:
-            raise ValueError(f"min must be >= 1, got {min}")
+        check_count("min", min)
+        if isinstance(max, bool) or not isinstance(max, int):
+            raise TypeError(f"max must be an int, got {type(max).__name__}")
         if max < min:
             raise ValueError(f"max must be >= min ({min}), got {max}")
         if initial is None:
@@ -88,11 +86,7 @@ class Adaptive:
             raise ValueError(f"initial must be between min and max ({min}..{max}), got {initial}")
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}")
-        if backoff_on is not None and (
-            not isinstance(backoff_on, tuple)
-            or not all(isinstance(t, type) and issubclass(t, BaseException) for t in backoff_on)
-        ):
-            raise TypeError("backoff_on must be a tuple of exception types or None")
+        check_error_types("backoff_on", backoff_on)
         if isinstance(backoff, bool) or not isinstance(backoff, int | float):
             raise TypeError(f"backoff must be a number, got {type(backoff).__name__}")
         if not 0 < backoff < 1:
@@ -195,7 +189,7 @@ Limit = int | Adaptive
 """What rxpool takes as a worker count: a fixed int, or an `Adaptive` limit."""
 
 
-def check_limit(name: str, value: object, check_count: Callable[[str, object], int]) -> int:
+def check_limit(name: str, value: object) -> int:
     """The most jobs at once ``value`` allows (``max`` for an `Adaptive`); TypeError/ValueError."""
     if isinstance(value, Adaptive):
         return value.max

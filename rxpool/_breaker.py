@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Final, Literal
 
+from ._checks import check_count, check_error_types
 from ._exceptions import CircuitOpen
 
 __all__ = ["Breaker"]
@@ -62,19 +63,12 @@ class Breaker:
         *,
         on: tuple[type[BaseException], ...] | None = None,
     ) -> None:
-        if isinstance(failures, bool) or not isinstance(failures, int):
-            raise TypeError(f"failures must be an int, got {type(failures).__name__}")
-        if failures < 1:
-            raise ValueError(f"failures must be >= 1, got {failures}")
+        check_count("failures", failures)
         if isinstance(reset, bool) or not isinstance(reset, int | float):
             raise TypeError(f"reset must be a number of seconds, got {type(reset).__name__}")
         if not 0 < reset < math.inf:
             raise ValueError(f"reset must be a finite number of seconds > 0, got {reset}")
-        if on is not None and (
-            not isinstance(on, tuple)
-            or not all(isinstance(t, type) and issubclass(t, BaseException) for t in on)
-        ):
-            raise TypeError("on must be a tuple of exception types or None")
+        check_error_types("on", on)
         self.failures = failures
         self.reset = float(reset)
         self.on = on

@@ -16,6 +16,16 @@ def check_count(name: str, value: object) -> int:
     return value
 
 
+def check_error_types(name: str, value: object) -> tuple[type[BaseException], ...] | None:
+    """None, or a tuple of exception types (for ``except value``)."""
+    if value is not None and (
+        not isinstance(value, tuple)
+        or not all(isinstance(t, type) and issubclass(t, BaseException) for t in value)
+    ):
+        raise TypeError(f"{name} must be a tuple of exception types or None")
+    return value
+
+
 def check_callable(name: str, value: object) -> None:
     if not callable(value):
         raise TypeError(f"{name} must be callable, got {type(value).__name__}")

@@ -132,7 +132,7 @@ class Executor(concurrent.futures.Executor):
         elif isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers < 1:
             raise ValueError(f"max_workers must be greater than 0, got {max_workers}")
         self._limit: int | Adaptive = max_workers
-        self._workers = check_limit("max_workers", max_workers, check_count)
+        self._workers = check_limit("max_workers", max_workers)
         if not isinstance(thread_name_prefix, str):
             raise TypeError(
                 f"thread_name_prefix must be a str, got {type(thread_name_prefix).__name__}"

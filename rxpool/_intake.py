@@ -61,7 +61,7 @@ def make_policy(
     breaker: object = None,
 ) -> Policy:
     """Check every option, naming the argument and what was expected."""
-    n = check_limit("max_concurrent", max_concurrent, check_count)
+    n = check_limit("max_concurrent", max_concurrent)
     check_bool("ordered", ordered)
     assert isinstance(ordered, bool)
     size = check_count("buffer_size", buffer_size)

@@ -24,6 +24,7 @@ callback runs under it.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections import deque
@@ -55,7 +56,7 @@ def to_journal(journal: object) -> Journal | None:
     """``journal=`` as a `Journal` (checked now), or None; TypeError for anything else."""
     if journal is None or isinstance(journal, Journal):
         return journal
-    if isinstance(journal, str) or hasattr(journal, "__fspath__"):
+    if isinstance(journal, str | os.PathLike):
         return Journal(journal)
     raise TypeError(
         f"journal must be a path, an rxpool.Journal or None, got {type(journal).__name__}"

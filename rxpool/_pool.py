@@ -107,7 +107,7 @@ class WorkerPool:
     ) -> None:
         # An Adaptive limit: runs follow it; the pool's threads are sized for its max.
         self._limit: int | Adaptive = workers
-        self._workers = check_limit("workers", workers, check_count)
+        self._workers = check_limit("workers", workers)
         workers = self._workers
         if not isinstance(thread_name_prefix, str):
             raise TypeError(
